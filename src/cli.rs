@@ -1,0 +1,172 @@
+//! Command-line arguments, parsed and validated into plans before any weight is loaded.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::load::{LoadOptions, ModelSource};
+use crate::sampling::SamplingParams;
+
+/// The test model that `just fetch-test-model` puts in place.
+pub const DEFAULT_GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvbench",
+    version,
+    about = "Benchmark and evaluation suite for KV-cache eviction policies on reasoning language models"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a completion for one prompt and print it with a one-line summary.
+    Generate(Box<GenerateArgs>),
+    /// List the eviction policies (presets in policies/*.toml) with their defaults and papers.
+    Policies(PoliciesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PoliciesArgs {
+    /// Print each preset's parameters too.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// The eviction policy and its budget (the DynTS harness: trigger at B, keep W + ⌊r·(L−W)⌋).
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Eviction policy (see `kvbench policies`); `full` keeps the whole cache.
+    #[arg(long, default_value = "full")]
+    pub policy: String,
+    /// B: peak cached tokens per layer (prompt and window included), e.g. 5000, 5k, 4.5k.
+    #[arg(long, default_value = "5k")]
+    pub budget: String,
+    /// W: the most recent tokens always kept (`kept_window`); must be below the budget.
+    #[arg(long, default_value = "2000")]
+    pub window: String,
+    /// r: fraction of the older part kept at each eviction, in (0, 1].
+    #[arg(long, default_value_t = 0.3)]
+    pub ratio: f64,
+    /// Importance-predictor weights (safetensors) for `dynts`, `dynts-bottom`, `dynts-noque`.
+    #[arg(long)]
+    pub predictor: Option<PathBuf>,
+    /// Write one JSON line per eviction (kept positions, scores) to this file.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    pub fn budget(&self) -> Result<crate::policies::Budget> {
+        let b = crate::policies::Budget {
+            budget: crate::policies::parse_tokens(&self.budget).context("--budget")?,
+            window: crate::policies::parse_tokens(&self.window).context("--window")?,
+            ratio: self.ratio,
+        };
+        b.validate()?;
+        Ok(b)
+    }
+}
+
+/// Where the model comes from and how it is placed on the device.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model: a .gguf file, an HF-format directory (config.json, *.safetensors, tokenizer.json),
+    /// or an HF hub id `owner/name[@revision]` (downloaded; with HF_HUB_OFFLINE=1 read from the
+    /// local HF cache only).
+    #[arg(long, default_value = DEFAULT_GGUF)]
+    pub model: String,
+    /// Device: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, bf16 or f16. Default: f32 on CPU (bf16 matmuls are slow there), bf16 on GPU.
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> Result<ModelSource> {
+        ModelSource::parse(&self.model)
+    }
+
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let ordinal = match d.strip_prefix("cuda:") {
+                    Some(n) => n.parse().with_context(|| format!("--device {d}: bad GPU ordinal"))?,
+                    None => 0,
+                };
+                Device::new_cuda(ordinal).with_context(|| format!("--device {d}"))?
+            }
+            other => bail!("--device must be cpu, cuda or cuda:N, got '{other}'"),
+        };
+        let dtype = match self.dtype.as_deref() {
+            None if device.is_cpu() => DType::F32,
+            None => DType::BF16,
+            Some("f32") => DType::F32,
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            Some(other) => bail!("--dtype must be f32, bf16 or f16, got '{other}'"),
+        };
+        Ok(LoadOptions { device, dtype })
+    }
+}
+
+/// Sampling flags shared by every decoding command.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Softmax temperature; 0 decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass (applied after the temperature).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Keep at most this many candidates after top-p; 0 disables it.
+    #[arg(long, default_value_t = 20)]
+    pub top_k: usize,
+    /// Seed of the sampling stream.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The user message (rendered with the model's chat template unless --raw).
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the user message from a file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// An optional system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Feed the prompt text as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Stop after this many generated tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Prompt tokens per prefill forward pass.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}

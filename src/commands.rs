@@ -1,0 +1,130 @@
+//! Subcommand bodies: each turns its arguments into a validated plan, then does the work.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+
+use crate::chat::ChatMessage;
+use crate::cli::{Cli, Command, GenerateArgs, PoliciesArgs};
+use crate::generate::GenerateParams;
+use crate::model::load;
+use crate::policies::registry::{self, PolicySpec};
+use crate::policies::trace::TraceSink;
+use crate::runner::{run_sample, PolicyResources};
+use crate::sampling::Rng;
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Generate(args) => cmd_generate(*args),
+        Command::Policies(args) => cmd_policies(args),
+    }
+}
+
+fn cmd_policies(args: PoliciesArgs) -> Result<u8> {
+    let mut out = std::io::stdout().lock();
+    for p in registry::presets()? {
+        let figure = if registry::FIGURE_POLICIES.contains(&p.name.as_str()) { "*" } else { " " };
+        writeln!(out, "{figure} {:<15} {}", p.name, p.description)?;
+        if args.verbose {
+            writeln!(out, "    label: {}  family: {}  source: {}", p.label, p.family, p.source)?;
+            if !p.paper.is_empty() {
+                writeln!(out, "    paper: {}", p.paper)?;
+            }
+            for (k, v) in &p.params {
+                writeln!(out, "    {k} = {v}")?;
+            }
+        }
+    }
+    writeln!(out, "\n* = in the DynTS summary figure (`--policies all`)")?;
+    Ok(0)
+}
+
+fn cmd_generate(args: GenerateArgs) -> Result<u8> {
+    // Plan: everything that can be wrong with the arguments is found before loading weights.
+    let user = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading --prompt-file {}", f.display()))?
+        }
+        (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
+    };
+    if user.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    if args.prefill_chunk == 0 {
+        bail!("--prefill-chunk must be at least 1");
+    }
+    let sampling = args.sampling.params()?;
+    let spec = PolicySpec::resolve(&args.policy.policy, None)?;
+    let budget = args.policy.budget()?;
+    if spec.needs_predictor() && args.policy.predictor.is_none() {
+        bail!("policy {} needs --predictor FILE.safetensors (importance-predictor weights)", spec.name);
+    }
+    let source = args.model.source()?;
+    let opts = args.model.load_options()?;
+    let trace = match &args.policy.trace {
+        Some(path) => Some(TraceSink::create(path)?),
+        None => None,
+    };
+
+    let lm = load::load(&source, &opts)?;
+    let text = if args.raw {
+        user
+    } else {
+        let template = lm.chat_template.as_ref().context("the model has no chat template; use --raw")?;
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: user });
+        template.render(&messages, true)?
+    };
+    let prompt = crate::tokenizer::encode(&lm.tokenizer, &text)?;
+    let params = GenerateParams {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop_tokens: lm.eos_token_ids.clone(),
+        prefill_chunk: args.prefill_chunk,
+    };
+    let resources = PolicyResources::new(&lm, args.policy.predictor.as_deref())?;
+    let rng = Rng::new(args.sampling.seed);
+    let sample = run_sample(
+        &lm,
+        &resources,
+        &spec,
+        &budget,
+        &prompt,
+        &params,
+        rng,
+        trace.as_ref().map(|t| (t, "generate".to_string())),
+    )?;
+    let out = &sample.generation;
+    // Special tokens stay (`</think>` matters); the stop token does not.
+    let shown = match out.tokens.last() {
+        Some(t) if lm.eos_token_ids.contains(t) => &out.tokens[..out.tokens.len() - 1],
+        _ => &out.tokens[..],
+    };
+    let completion = lm.tokenizer.decode(shown, false).map_err(|e| anyhow::anyhow!("decoding the completion: {e}"))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{completion}")?;
+    stdout.flush()?;
+    let policy_share =
+        if out.decode_secs > 0.0 { sample.stats.policy_secs / (out.prefill_secs + out.decode_secs) } else { 0.0 };
+    eprintln!(
+        "policy={} prompt_tokens={} generated_tokens={} stop={} prefill_s={:.3} decode_tokens_per_s={:.1} peak_kv={} evictions={} policy_time_share={:.3}",
+        spec.name,
+        out.prompt_tokens,
+        out.tokens.len(),
+        serde_json::to_value(out.stop)?.as_str().unwrap_or("?"),
+        out.prefill_secs,
+        out.decode_tokens_per_sec(),
+        out.peak_kv,
+        sample.stats.evictions,
+        policy_share
+    );
+    Ok(0)
+}

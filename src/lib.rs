@@ -1,0 +1,15 @@
+//! kvbench: how much accuracy does each KV-cache eviction policy keep at a given budget, at what
+//! speed and memory? The layout reads top-down: CLI → plan → runner → (model, cache, policy) →
+//! grading → results → plots.
+
+pub mod cache;
+pub mod chat;
+pub mod cli;
+pub mod commands;
+pub mod generate;
+pub mod model;
+pub mod observe;
+pub mod policies;
+pub mod runner;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,0 +1,381 @@
+//! The decoder for the Llama, Qwen2 and Qwen3 families: pre-norm blocks of grouped-query attention
+//! with RoPE and a SwiGLU MLP, RMSNorm, tied or separate `lm_head`.
+//!
+//! - Llama: <https://arxiv.org/abs/2302.13971>, Llama 3 RoPE scaling as in HF `_compute_llama3_parameters`.
+//! - Qwen2: q/k/v projections carry biases. Qwen3: per-head RMSNorm on q and k before RoPE.
+//!
+//! Weights load by their HF checkpoint names (`model.layers.{i}.self_attn.q_proj.weight`, …).
+//! Unlike candle-transformers' models, the KV cache is the caller's [`KvCache`] (post-RoPE,
+//! absolute positions, compactable) and attention probabilities are materialised so that an
+//! [`Observer`] can see them. Several sequences can go through one forward: their rows are stacked
+//! for every Linear layer, and attention runs per sequence against its own cache.
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+
+use super::config::{Arch, ModelConfig};
+use crate::cache::KvCache;
+use crate::observe::{AttentionView, Observer};
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    device: Device,
+    dtype: DType,
+}
+
+/// One sequence's share of a forward step.
+pub struct SeqStep<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    /// Explicit absolute positions (default: the cache's counter). Used to replay kept tokens.
+    pub positions: Option<&'a [u32]>,
+    /// Which already-cached slots the new tokens may attend to (`None`: all). Eviction by masking,
+    /// the reference that compaction must equal.
+    pub visible: Option<&'a [bool]>,
+}
+
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
+    Ok(candle_nn::rms_norm(dim, eps, vb)?)
+}
+
+impl Transformer {
+    pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let vb_m = vb.pp("model");
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, d, vb_m.pp("embed_tokens")).context("loading model.embed_tokens")?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let vb_l = vb_m.pp("layers").pp(i);
+                let vb_a = vb_l.pp("self_attn");
+                let (qk_norm_q, qk_norm_k) = if cfg.qk_norm {
+                    (
+                        Some(rms_norm(hd, cfg.rms_norm_eps, vb_a.pp("q_norm"))?),
+                        Some(rms_norm(hd, cfg.rms_norm_eps, vb_a.pp("k_norm"))?),
+                    )
+                } else {
+                    (None, None)
+                };
+                let self_attn = Attention {
+                    q_proj: linear(d, cfg.num_heads * hd, cfg.qkv_bias, vb_a.pp("q_proj"))?,
+                    k_proj: linear(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("k_proj"))?,
+                    v_proj: linear(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("v_proj"))?,
+                    o_proj: linear(cfg.num_heads * hd, d, false, vb_a.pp("o_proj"))?,
+                    q_norm: qk_norm_q,
+                    k_norm: qk_norm_k,
+                };
+                let vb_mlp = vb_l.pp("mlp");
+                let mlp = Mlp {
+                    gate_proj: linear(d, cfg.intermediate_size, false, vb_mlp.pp("gate_proj"))?,
+                    up_proj: linear(d, cfg.intermediate_size, false, vb_mlp.pp("up_proj"))?,
+                    down_proj: linear(cfg.intermediate_size, d, false, vb_mlp.pp("down_proj"))?,
+                };
+                Ok(Block {
+                    input_layernorm: rms_norm(d, cfg.rms_norm_eps, vb_l.pp("input_layernorm"))?,
+                    self_attn,
+                    post_attention_layernorm: rms_norm(d, cfg.rms_norm_eps, vb_l.pp("post_attention_layernorm"))?,
+                    mlp,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .context("loading decoder layers")?;
+        let norm = rms_norm(d, cfg.rms_norm_eps, vb_m.pp("norm")).context("loading model.norm")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            linear(d, cfg.vocab_size, false, vb.pp("lm_head")).context("loading lm_head")?
+        };
+        Ok(Self {
+            inv_freq: inv_freq(cfg),
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// An empty cache shaped for this model.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(self.cfg.num_layers, self.cfg.num_kv_heads, self.cfg.head_dim, capacity, self.dtype, &self.device)
+    }
+
+    /// RoPE tables `[t, head_dim/2]` for the given absolute positions (computed in f32 as HF does).
+    fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &self.inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let shape = (positions.len(), half);
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Feeds each sequence's tokens, appends their K/V to its cache, and returns the logits of
+    /// each sequence's last token, `[n_seqs, vocab]`.
+    pub fn forward(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(seqs, observer)?;
+        let last: Vec<u32> = row_offsets(seqs).iter().map(|&(off, t)| (off + t - 1) as u32).collect();
+        let n = last.len();
+        let last = hidden.index_select(&Tensor::from_vec(last, n, &self.device)?, 0)?;
+        Ok(self.lm_head.forward(&last)?)
+    }
+
+    /// Like [`Transformer::forward`], but returns the logits of every fed token, `[Σt, vocab]`.
+    pub fn forward_all_logits(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(seqs, observer)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// Runs the blocks and the final norm; returns the final hidden states `[Σt, hidden]`.
+    fn forward_hidden(&self, seqs: &mut [SeqStep<'_>], mut observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        ensure!(!seqs.is_empty(), "forward needs at least one sequence");
+        for (i, s) in seqs.iter().enumerate() {
+            ensure!(!s.tokens.is_empty(), "sequence {i} has no tokens to feed");
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                anyhow::bail!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size);
+            }
+        }
+        let request = observer.as_ref().map(|o| o.request()).unwrap_or_default();
+        let offsets = row_offsets(seqs);
+        let mut all_tokens = Vec::new();
+        let mut all_positions = Vec::new();
+        for s in seqs.iter_mut() {
+            let positions = s.cache.begin_append(s.tokens, s.positions)?;
+            all_tokens.extend_from_slice(s.tokens);
+            all_positions.extend_from_slice(&positions);
+        }
+        let n = all_tokens.len();
+        let ids = Tensor::from_vec(all_tokens, n, &self.device)?;
+        let (cos, sin) = self.rope_tables(&all_positions)?;
+        let masks = offsets
+            .iter()
+            .zip(seqs.iter())
+            .map(|(&(_, t), s)| causal_mask(t, s.cache.len(), s.visible, &self.device, self.dtype))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut x = self.embed_tokens.forward(&ids)?;
+        for (li, block) in self.layers.iter().enumerate() {
+            let h = block.input_layernorm.forward(&x)?;
+            let attn = self.attention(
+                li,
+                &block.self_attn,
+                &h,
+                &cos,
+                &sin,
+                seqs,
+                &offsets,
+                &masks,
+                &mut observer,
+                request.attention,
+            )?;
+            x = (x + attn)?;
+            let h = block.post_attention_layernorm.forward(&x)?;
+            let m = &block.mlp;
+            let gate = candle_nn::ops::silu(&m.gate_proj.forward(&h)?)?;
+            let mlp = m.down_proj.forward(&(gate * m.up_proj.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        let hidden = self.norm.forward(&x)?;
+        if request.hidden {
+            if let Some(obs) = observer {
+                for (si, &(off, t)) in offsets.iter().enumerate() {
+                    obs.hidden(si, &hidden.narrow(0, off, t)?)?;
+                }
+            }
+        }
+        let mut pos_off = 0;
+        for s in seqs.iter_mut() {
+            let t = s.tokens.len();
+            s.cache.commit(s.tokens, &all_positions[pos_off..pos_off + t])?;
+            pos_off += t;
+        }
+        Ok(hidden)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: usize,
+        a: &Attention,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        seqs: &mut [SeqStep<'_>],
+        offsets: &[(usize, usize)],
+        masks: &[Option<Tensor>],
+        observer: &mut Option<&mut dyn Observer>,
+        observe_attention: bool,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (n, hd, nh, nkv) = (h.dim(0)?, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let groups = nh / nkv;
+        let mut q = a.q_proj.forward(h)?.reshape((n, nh, hd))?;
+        let mut k = a.k_proj.forward(h)?.reshape((n, nkv, hd))?;
+        let v = a.v_proj.forward(h)?.reshape((n, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            q = qn.forward(&q.contiguous()?)?;
+            k = kn.forward(&k.contiguous()?)?;
+        }
+        // [heads, n, hd]: RoPE is applied to all stacked rows at once, each row at its own position.
+        let q = candle_nn::rotary_emb::rope(&q.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&k.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let v = v.transpose(0, 1)?.contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let single = seqs.len() == 1;
+        let mut outs = Vec::with_capacity(seqs.len());
+        for (si, (s, &(off, t))) in seqs.iter_mut().zip(offsets).enumerate() {
+            let (ks, vs) = if single {
+                (k.clone(), v.clone())
+            } else {
+                (k.narrow(1, off, t)?.contiguous()?, v.narrow(1, off, t)?.contiguous()?)
+            };
+            s.cache.write(layer, &ks, &vs)?;
+            let (keys, values) = s.cache.view_with(layer, t)?;
+            let len = keys.dim(1)?;
+            let qs = if single { q.clone() } else { q.narrow(1, off, t)? };
+            let qs = qs.reshape((nkv, groups * t, hd))?;
+            let scores = (qs.matmul(&keys.t()?)? * scale)?;
+            let scores = match &masks[si] {
+                Some(mask) => scores.reshape((nkv, groups, t, len))?.broadcast_add(mask)?,
+                None => scores.reshape((nkv, groups, t, len))?,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            if observe_attention {
+                if let Some(obs) = observer.as_deref_mut() {
+                    let queries = qs.reshape((nkv, groups, t, hd))?;
+                    obs.attention(si, &AttentionView { layer, probs: &probs, keys: &keys, queries: &queries })?;
+                }
+            }
+            let out = probs.reshape((nkv, groups * t, len))?.matmul(&values)?;
+            outs.push(out.reshape((nh, t, hd))?);
+        }
+        let out = if single { outs.pop().expect("one sequence") } else { Tensor::cat(&outs, 1)? };
+        let out = out.transpose(0, 1)?.reshape((n, nh * hd))?;
+        Ok(a.o_proj.forward(&out)?)
+    }
+}
+
+/// `(row offset, token count)` of each sequence in the stacked rows.
+fn row_offsets(seqs: &[SeqStep<'_>]) -> Vec<(usize, usize)> {
+    let mut off = 0;
+    seqs.iter()
+        .map(|s| {
+            let r = (off, s.tokens.len());
+            off += s.tokens.len();
+            r
+        })
+        .collect()
+}
+
+/// Additive mask `[t, cached + t]` hiding keys after each query (and cached slots not `visible`);
+/// `None` when nothing is hidden (a single new token over the whole cache).
+fn causal_mask(
+    t: usize,
+    cached: usize,
+    visible: Option<&[bool]>,
+    device: &Device,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
+    if t == 1 && visible.is_none() {
+        return Ok(None);
+    }
+    if let Some(v) = visible {
+        ensure!(v.len() == cached, "visibility given for {} slots, the cache holds {cached}", v.len());
+    }
+    let len = cached + t;
+    let hidden = |j: usize| visible.is_some_and(|v| j < cached && !v[j]);
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..len).map(move |j| if j > cached + i || hidden(j) { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (t, len), device)?.to_dtype(dtype)?))
+}
+
+/// RoPE inverse frequencies, with Llama 3 frequency-dependent scaling when configured.
+fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let base: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / d as f32)).collect();
+    match (&cfg.rope_scaling, cfg.arch) {
+        (Some(s), _) => {
+            let low_wavelen = s.original_max_position_embeddings as f32 / s.low_freq_factor;
+            let high_wavelen = s.original_max_position_embeddings as f32 / s.high_freq_factor;
+            base.into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / s.factor
+                    } else {
+                        let smooth = (s.original_max_position_embeddings as f32 / wavelen - s.low_freq_factor)
+                            / (s.high_freq_factor - s.low_freq_factor);
+                        (1.0 - smooth) * f / s.factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+        (None, Arch::Llama | Arch::Qwen2 | Arch::Qwen3) => base,
+    }
+}
+
+/// Index of the largest logit per row (greedy decoding), computed on the device.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}

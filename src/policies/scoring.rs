@@ -1,0 +1,133 @@
+//! Building blocks shared by the score-based policies: the layer- and head-averaged attention of a
+//! step (Ā in spec/policies.md), top-k with a fixed tie rule, and 1-D pooling as PyTorch does it.
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+
+use crate::observe::AttentionView;
+
+/// Accumulates one step's attention over layers, heads and queries on the device; one host copy
+/// per step at [`StepAttention::take_mean`].
+#[derive(Default)]
+pub struct StepAttention {
+    sum: Option<Tensor>,
+    /// Number of (layer, query head) pairs summed.
+    heads: usize,
+}
+
+impl StepAttention {
+    /// Adds one layer's probabilities `[kv_heads, groups, t, len]`.
+    pub fn add(&mut self, view: &AttentionView<'_>) -> Result<()> {
+        let (kv, g, t, len) = view.probs.dims4()?;
+        let layer_sum = view.probs.reshape((kv * g * t, len))?.sum(0)?.to_dtype(DType::F32)?;
+        self.sum = Some(match self.sum.take() {
+            Some(s) => (s + layer_sum)?,
+            None => layer_sum,
+        });
+        self.heads += kv * g;
+        Ok(())
+    }
+
+    /// Ā for every key: the mean over layers and query heads, summed over the step's queries (one
+    /// query when decoding); then resets.
+    pub fn take_mean(&mut self) -> Result<Option<Vec<f32>>> {
+        let Some(sum) = self.sum.take() else { return Ok(None) };
+        let heads = std::mem::take(&mut self.heads) as f32;
+        let mut v: Vec<f32> = sum.to_vec1()?;
+        v.iter_mut().for_each(|x| *x /= heads);
+        Ok(Some(v))
+    }
+}
+
+fn key(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x
+    }
+}
+
+/// Indices of the `k` largest scores, in increasing index order. Ties: the earlier index wins
+/// (the question before the answer under DynTS's +∞ scores). NaN counts as −∞.
+pub fn top_k_sorted(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| key(scores[b]).total_cmp(&key(scores[a])).then(a.cmp(&b)));
+    idx.truncate(k.min(scores.len()));
+    idx.sort_unstable();
+    idx
+}
+
+/// Indices of the `k` smallest scores, in increasing index order (ties: the earlier index wins).
+pub fn bottom_k_sorted(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| key(scores[a]).total_cmp(&key(scores[b])).then(a.cmp(&b)));
+    idx.truncate(k.min(scores.len()));
+    idx.sort_unstable();
+    idx
+}
+
+/// `F.max_pool1d(x, kernel, stride=1, padding=kernel/2)`: the padding never wins.
+pub fn max_pool1d(x: &[f32], kernel: usize) -> Vec<f32> {
+    let half = kernel / 2;
+    (0..x.len())
+        .map(|i| {
+            let lo = i.saturating_sub(half);
+            let hi = (i + kernel - half).min(x.len());
+            x[lo..hi].iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect()
+}
+
+/// `F.avg_pool1d(x, kernel, stride=1, padding=kernel/2)` with `count_include_pad=True`.
+pub fn avg_pool1d(x: &[f32], kernel: usize) -> Vec<f32> {
+    let half = kernel / 2;
+    (0..x.len())
+        .map(|i| {
+            let lo = i.saturating_sub(half);
+            let hi = (i + kernel - half).min(x.len());
+            x[lo..hi].iter().sum::<f32>() / kernel as f32
+        })
+        .collect()
+}
+
+/// Adds `step` (one entry per cached slot) to `acc`, which covers the slots of an earlier step
+/// and so may be shorter: new slots start from zero (`F.pad(acc, (0, n))`).
+pub fn accumulate(acc: &mut Vec<f32>, step: &[f32]) {
+    if acc.len() < step.len() {
+        acc.resize(step.len(), 0.0);
+    }
+    for (a, s) in acc.iter_mut().zip(step) {
+        *a += s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_breaks_ties_toward_earlier_slots() {
+        let s = [1.0, 3.0, f32::INFINITY, 3.0, f32::INFINITY, f32::NAN, 2.0];
+        assert_eq!(top_k_sorted(&s, 3), vec![1, 2, 4]);
+        assert_eq!(top_k_sorted(&s, 1), vec![2]);
+        assert_eq!(top_k_sorted(&s, 0), Vec::<usize>::new());
+        assert_eq!(top_k_sorted(&s, 99).len(), 7);
+        assert_eq!(bottom_k_sorted(&s, 2), vec![0, 5]);
+    }
+
+    #[test]
+    fn pooling_matches_pytorch() {
+        // torch: F.max_pool1d(t([[1,5,2,0,0,3,1]]), 3, 1, 1) → [5,5,5,2,3,3,3]
+        assert_eq!(max_pool1d(&[1., 5., 2., 0., 0., 3., 1.], 3), vec![5., 5., 5., 2., 3., 3., 3.]);
+        // torch: F.avg_pool1d(t([[3,3,3]]), 3, 1, 1) → [2, 3, 2] (zero padding counted)
+        assert_eq!(avg_pool1d(&[3., 3., 3.], 3), vec![2., 3., 2.]);
+        assert_eq!(max_pool1d(&[-1., -2.], 7), vec![-1., -1.]);
+    }
+
+    #[test]
+    fn accumulation_pads_new_slots_with_zero() {
+        let mut acc = vec![1.0, 1.0];
+        accumulate(&mut acc, &[0.5, 0.5, 0.25]);
+        assert_eq!(acc, vec![1.5, 1.5, 0.25]);
+    }
+}

@@ -1,0 +1,150 @@
+//! HF-format loading: a model directory, and a hub id resolved offline from a local HF cache
+//! laid out as hf-hub writes it (`models--owner--name/{refs/main, snapshots/COMMIT/…}`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::Tensor;
+use common::*;
+use kvbench::model::load::{load, LoadOptions, ModelSource};
+use kvbench::model::{Arch, SeqStep};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn tokenizer_json(vocab: usize) -> String {
+    let mut entries = vec![
+        r#""<unk>":0"#.to_string(),
+        r#""<|user|>":1"#.into(),
+        r#""<|assistant|>":2"#.into(),
+        r#""<eos>":3"#.into(),
+    ];
+    entries.extend((4..vocab).map(|i| format!(r#""t{i}":{i}"#)));
+    let added: Vec<String> = ["<|user|>", "<|assistant|>", "<eos>"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!(r#"{{"id":{},"content":"{t}","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}"#, i + 1))
+        .collect();
+    format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{}],"normalizer":null,
+        "pre_tokenizer":{{"type":"WhitespaceSplit"}},"post_processor":null,"decoder":null,
+        "model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
+        added.join(","),
+        entries.join(",")
+    )
+}
+
+/// Writes a tiny random Qwen2 model in HF layout into `dir`.
+fn write_model(dir: &Path) -> std::collections::HashMap<String, Tensor> {
+    let cfg = small_config(Arch::Qwen2);
+    let weights = random_weights(&cfg, 77);
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let config = format!(
+        r#"{{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":{},"intermediate_size":{},
+        "vocab_size":{},"num_hidden_layers":{},"num_attention_heads":{},"num_key_value_heads":{},"rms_norm_eps":1e-5,
+        "rope_theta":10000.0,"max_position_embeddings":512,"tie_word_embeddings":false,"eos_token_id":3}}"#,
+        cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json(cfg.vocab_size)).unwrap();
+    let template = r#"{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"#;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template, "eos_token": "<eos>"}).to_string(),
+    )
+    .unwrap();
+    weights
+}
+
+/// A hub cache holding `kvbench-test/tiny` at revision main.
+fn write_hub_cache(root: &Path) -> PathBuf {
+    let repo = root.join("models--kvbench-test--tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+    write_model(&repo.join("snapshots").join(COMMIT));
+    repo.join("snapshots").join(COMMIT)
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kvbench-hf-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn hf_directory_loads_the_same_model() {
+    let dir = tempdir("dir");
+    let weights = write_model(&dir);
+    let lm = load(&ModelSource::parse(dir.to_str().unwrap()).unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(lm.eos_token_ids, vec![3]);
+    let text = lm
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .render(&[kvbench::chat::ChatMessage { role: "user".into(), content: "t5 t6".into() }], true)
+        .unwrap();
+    let ids = kvbench::tokenizer::encode(&lm.tokenizer, &text).unwrap();
+    assert_eq!(ids, vec![1, 5, 6, 2]);
+    let reference = build(&small_config(Arch::Qwen2), &weights);
+    let mut a = lm.model.new_cache(8).unwrap();
+    let mut b = reference.new_cache(8).unwrap();
+    let la =
+        lm.model.forward(&mut [SeqStep { cache: &mut a, tokens: &ids, positions: None, visible: None }], None).unwrap();
+    let lb = reference
+        .forward(&mut [SeqStep { cache: &mut b, tokens: &ids, positions: None, visible: None }], None)
+        .unwrap();
+    assert_eq!(max_abs_diff(&la, &lb), 0.0);
+}
+
+#[test]
+fn hub_id_resolves_offline_from_the_local_cache() {
+    let cache = tempdir("hub");
+    write_hub_cache(&cache);
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["generate", "--model", "kvbench-test/tiny", "--prompt", "t7 t8 t9", "--max-new-tokens", "5"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("prompt_tokens=5"), "{stderr}");
+}
+
+#[test]
+fn offline_hub_names_what_is_missing() {
+    let cache = tempdir("hub-missing");
+    let snapshot = write_hub_cache(&cache);
+    std::fs::remove_file(snapshot.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(snapshot.join("model.safetensors")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["generate", "--model", "kvbench-test/tiny", "--prompt", "t7"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["kvbench-test/tiny@main", "tokenizer.json", "model.safetensors", "HF_HUB_OFFLINE=1"] {
+        assert!(stderr.contains(needle), "stderr lacks {needle}: {stderr}");
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let dir = tempdir("truncated-st");
+    write_model(&dir);
+    let f = dir.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["generate", "--model", dir.to_str().unwrap(), "--prompt", "t7"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("model.safetensors") && stderr.contains("truncated"), "{stderr}");
+}
