@@ -157,6 +157,22 @@ impl KvCache {
         Ok(())
     }
 
+    /// Appends tokens with their K/V given per layer (`[kv_heads, t, head_dim]` each), at the
+    /// counter's positions. The decoder writes layer by layer instead; this is for building caches
+    /// by hand (policy tests, replay).
+    pub fn append(&mut self, tokens: &[u32], keys: &[Tensor], values: &[Tensor]) -> Result<()> {
+        ensure!(
+            keys.len() == self.layers.len() && values.len() == self.layers.len(),
+            "K/V for {} layers expected",
+            self.layers.len()
+        );
+        let positions = self.begin_append(tokens, None)?;
+        for (layer, (k, v)) in keys.iter().zip(values).enumerate() {
+            self.write(layer, &k.contiguous()?, &v.contiguous()?)?;
+        }
+        self.commit(tokens, &positions)
+    }
+
     /// Claims positions for `tokens` about to be fed: returns their absolute positions and records
     /// them. The caller then writes each layer's K/V with [`KvCache::write`] and calls
     /// [`KvCache::commit`]. `positions` overrides the counter (replaying kept tokens in tests).

@@ -29,6 +29,22 @@ pub enum Command {
     Generate(Box<GenerateArgs>),
     /// List the eviction policies (presets in policies/*.toml) with their defaults and papers.
     Policies(PoliciesArgs),
+    /// Re-grade a JSONL of {prediction, reference, dataset} records (any tool's outputs) and write
+    /// each verdict with its reason.
+    Grade(GradeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GradeArgs {
+    /// Input JSONL: one object per line with `prediction` (a completion, or an answer with
+    /// --extracted), `reference` (the dataset's raw answer field) and `dataset` (a dataset name).
+    pub file: PathBuf,
+    /// Write the verdicts here (JSONL, written atomically) instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `prediction` already holds the extracted answer, not a completion.
+    #[arg(long)]
+    pub extracted: bool,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +178,9 @@ pub struct GenerateArgs {
     /// Stop after this many generated tokens.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// Keep generating past the stop token (for fixed-length runs and benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Prompt tokens per prefill forward pass.
     #[arg(long, default_value_t = 512)]
     pub prefill_chunk: usize,

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 
 use crate::chat::ChatMessage;
-use crate::cli::{Cli, Command, GenerateArgs, PoliciesArgs};
+use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, PoliciesArgs};
 use crate::generate::GenerateParams;
 use crate::model::load;
 use crate::policies::registry::{self, PolicySpec};
@@ -18,7 +18,58 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Generate(args) => cmd_generate(*args),
         Command::Policies(args) => cmd_policies(args),
+        Command::Grade(args) => cmd_grade(args),
     }
+}
+
+fn cmd_grade(args: GradeArgs) -> Result<u8> {
+    use crate::grading::{extract_answer, grade, kind_for_dataset, reference_answer};
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let mut lines = Vec::new();
+    let mut totals: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", args.file.display(), i + 1);
+        let mut rec: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).with_context(|| format!("{}: malformed JSON line", at()))?;
+        let field = |k: &str| -> Result<String> {
+            match rec.get(k) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                _ => bail!("{}: missing string field '{k}'", at()),
+            }
+        };
+        let (prediction, reference, dataset) = (field("prediction")?, field("reference")?, field("dataset")?);
+        let kind = kind_for_dataset(&dataset).with_context(|| format!("{}: unknown dataset '{dataset}'", at()))?;
+        let (answer, method) = if args.extracted {
+            (Some(prediction.clone()), "given")
+        } else {
+            let e = extract_answer(&prediction, kind);
+            (e.answer, e.method)
+        };
+        let reference = reference_answer(&reference, &dataset);
+        let verdict = grade(answer.as_deref(), &reference, kind);
+        let t = totals.entry(dataset).or_default();
+        t.0 += verdict.correct as usize;
+        t.1 += 1;
+        rec.insert("extracted".into(), answer.into());
+        rec.insert("extraction".into(), method.into());
+        rec.insert("reference_answer".into(), reference.into());
+        rec.insert("correct".into(), verdict.correct.into());
+        rec.insert("reason".into(), verdict.reason.into());
+        lines.push(serde_json::to_string(&rec)?);
+    }
+    let body = lines.join("\n") + "\n";
+    match &args.out {
+        Some(out) => crate::results::write_atomic(out, body.as_bytes())?,
+        None => std::io::stdout().lock().write_all(body.as_bytes())?,
+    }
+    for (dataset, (correct, n)) in totals {
+        eprintln!("{dataset}: {correct}/{n} correct ({:.1} %)", 100.0 * correct as f64 / n as f64);
+    }
+    Ok(0)
 }
 
 fn cmd_policies(args: PoliciesArgs) -> Result<u8> {
@@ -61,6 +112,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<u8> {
     let sampling = args.sampling.params()?;
     let spec = PolicySpec::resolve(&args.policy.policy, None)?;
     let budget = args.policy.budget()?;
+    spec.validate(&budget)?;
     if spec.needs_predictor() && args.policy.predictor.is_none() {
         bail!("policy {} needs --predictor FILE.safetensors (importance-predictor weights)", spec.name);
     }
@@ -87,7 +139,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<u8> {
     let params = GenerateParams {
         max_new_tokens: args.max_new_tokens,
         sampling,
-        stop_tokens: lm.eos_token_ids.clone(),
+        stop_tokens: if args.ignore_eos { Vec::new() } else { lm.eos_token_ids.clone() },
         prefill_chunk: args.prefill_chunk,
     };
     let resources = PolicyResources::new(&lm, args.policy.predictor.as_deref())?;

@@ -43,7 +43,8 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
     pub stop: StopReason,
-    /// Largest number of cached tokens per layer at any time.
+    /// Largest number of cached tokens per layer after any step's eviction (the reference's
+    /// `peak_kvcache`; the step that triggers an eviction holds B + 1 for its duration).
     pub peak_kv: usize,
     /// Σ over decode steps of the cached tokens per layer (time-integrated cache size).
     pub kv_footprint: u64,
@@ -82,6 +83,7 @@ pub fn generate(
     ensure!(params.prefill_chunk > 0, "prefill chunk must be positive");
     let start = Instant::now();
     let mut logits = None;
+    let mut peak_kv = 0;
     for chunk in prompt.chunks(params.prefill_chunk) {
         if let Some(h) = hook.as_deref_mut() {
             h.before_forward(cache, chunk, true)?;
@@ -91,6 +93,7 @@ pub fn generate(
         if let Some(h) = hook.as_deref_mut() {
             h.after_forward(cache, chunk, true)?;
         }
+        peak_kv = peak_kv.max(cache.len());
     }
     let mut logits = logits.expect("prompt is not empty");
     let prefill_secs = start.elapsed().as_secs_f64();
@@ -117,13 +120,14 @@ pub fn generate(
         if let Some(h) = hook.as_deref_mut() {
             h.after_forward(cache, &fed, false)?;
         }
+        peak_kv = peak_kv.max(cache.len());
         kv_footprint += cache.len() as u64;
     }
     Ok(Generation {
         tokens,
         prompt_tokens: prompt.len(),
         stop,
-        peak_kv: cache.peak_len(),
+        peak_kv,
         kv_footprint,
         prefill_secs,
         decode_secs: start.elapsed().as_secs_f64(),

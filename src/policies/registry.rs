@@ -143,6 +143,32 @@ impl PolicySpec {
         Ok(Self { name: name.to_string(), params })
     }
 
+    /// Checks the parameters against the budget, before any model work.
+    pub fn validate(&self, budget: &Budget) -> Result<()> {
+        budget.validate()?;
+        match &self.params {
+            PolicyParams::Window(p) if p.kept(budget) > budget.budget => {
+                bail!("{}: kept_window {} exceeds the budget {}", self.name, p.kept(budget), budget.budget)
+            }
+            PolicyParams::StreamingLlm(p) => {
+                let kept = WindowParams { kept_window: p.kept_window }.kept(budget);
+                if p.sink_size + kept > budget.budget {
+                    bail!(
+                        "{}: sink_size {} + kept window {kept} exceeds the budget {}",
+                        self.name,
+                        p.sink_size,
+                        budget.budget
+                    );
+                }
+            }
+            PolicyParams::Rkv(p) if p.per_head && p.ob_window >= budget.budget => {
+                bail!("{}: ob_window {} must be below the budget {}", self.name, p.ob_window, budget.budget)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Never evicts the prompt, so the budget must exceed the prompt length.
     pub fn protects_prompt(&self) -> bool {
         matches!(&self.params, PolicyParams::Dynts(p) if p.protect_question)

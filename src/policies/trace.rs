@@ -20,9 +20,22 @@ pub struct TraceEvent {
     pub len_before: usize,
     pub len_after: usize,
     pub kept_positions: serde_json::Value,
-    /// Scores of the older part, for score-based policies.
+    /// Scores of the older part, for score-based policies; JSON has no infinities, so ±∞ and
+    /// NaN are written as the strings `"inf"`, `"-inf"` and `"nan"` (DynTS protects with +∞).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scores: Option<Vec<f32>>,
+    pub scores: Option<Vec<serde_json::Value>>,
+}
+
+fn score_value(x: f32) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!(x)
+    } else if x.is_nan() {
+        "nan".into()
+    } else if x > 0.0 {
+        "inf".into()
+    } else {
+        "-inf".into()
+    }
 }
 
 impl TraceEvent {
@@ -41,7 +54,7 @@ impl TraceEvent {
             len_before,
             len_after,
             kept_positions: serde_json::to_value(kept).expect("ints serialize"),
-            scores,
+            scores: scores.map(|v| v.into_iter().map(score_value).collect()),
         }
     }
 
