@@ -29,9 +29,68 @@ pub enum Command {
     Generate(Box<GenerateArgs>),
     /// List the eviction policies (presets in policies/*.toml) with their defaults and papers.
     Policies(PoliciesArgs),
+    /// Run a sweep: datasets × policies × budgets × samples, graded, into results/<name>/
+    /// (samples.jsonl, summary.csv, manifest.json). Re-running the same command resumes.
+    Run(Box<RunArgs>),
     /// Re-grade a JSONL of {prediction, reference, dataset} records (any tool's outputs) and write
     /// each verdict with its reason.
     Grade(GradeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Datasets, comma-separated (see datasets/*.toml).
+    #[arg(long, value_delimiter = ',', default_value = "gsm8k")]
+    pub datasets: Vec<String>,
+    /// Policies, comma-separated; `all` = the eight of the DynTS figure.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub policies: Vec<String>,
+    /// B values, comma-separated (5000, 5k, 4.5k); each budgeted policy runs at every one.
+    #[arg(long, value_delimiter = ',', default_value = "5k")]
+    pub budget: Vec<String>,
+    /// W: the recent tokens always kept.
+    #[arg(long, default_value = "2000")]
+    pub window: String,
+    /// r: fraction of the older part kept at each eviction.
+    #[arg(long, default_value_t = 0.3)]
+    pub ratio: f64,
+    /// n: samples per question (accuracy is avg@n).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Greedy decoding (the CI setting) instead of the paper's T 0.6, top-p 0.95, top-k 20.
+    #[arg(long)]
+    pub greedy: bool,
+    /// Seed of the per-sample random streams.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16384)]
+    pub max_new_tokens: usize,
+    /// Run only the first N questions of each dataset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Run only these question indices (0-based, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<usize>>,
+    /// Append this instruction to every question (for non-reasoning models), e.g.
+    /// "Please reason step by step, and put your final answer within \boxed{}."
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Folder of the dataset files (default: $KVBENCH_DATA_DIR, else ../shared/datasets).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Results folder (default: results/<model>-<datasets>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Worker threads (sequences decoded in parallel).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Print the expanded plan and exit without loading the model.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 
 use crate::chat::ChatMessage;
-use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, PoliciesArgs};
+use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, PoliciesArgs, RunArgs};
 use crate::generate::GenerateParams;
 use crate::model::load;
 use crate::policies::registry::{self, PolicySpec};
@@ -19,7 +19,70 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Generate(args) => cmd_generate(*args),
         Command::Policies(args) => cmd_policies(args),
         Command::Grade(args) => cmd_grade(args),
+        Command::Run(args) => cmd_run(*args),
     }
+}
+
+fn cmd_run(args: RunArgs) -> Result<u8> {
+    use crate::policies::{parse_tokens, Budget};
+    use crate::sweep::{expand, policy_names, run, Plan};
+    let window = parse_tokens(&args.window).context("--window")?;
+    let budgets = args
+        .budget
+        .iter()
+        .map(|b| {
+            let budget = Budget { budget: parse_tokens(b).context("--budget")?, window, ratio: args.ratio };
+            budget.validate()?;
+            Ok(budget)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (policies, policy_params) = policy_names(&args.policies)?;
+    let sampling =
+        if args.greedy { crate::sampling::SamplingParams::GREEDY } else { crate::sampling::SamplingParams::PAPER };
+    let source = args.model.source()?;
+    let plan = Plan {
+        model: source.display(),
+        datasets: args.datasets.clone(),
+        policies,
+        policy_params,
+        budgets,
+        samples: args.samples,
+        seed: args.seed,
+        sampling,
+        max_new_tokens: args.max_new_tokens,
+        limit: args.limit,
+        ids: args.ids.clone(),
+        instruction: args.instruction.clone(),
+        prefill_chunk: args.prefill_chunk,
+    };
+    let data_dir = crate::datasets::data_dir(args.data_dir.as_deref());
+    let jobs = expand(&plan, &data_dir)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let model =
+            std::path::Path::new(&plan.model).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        crate::sweep::default_out(&format!("{}-{}", model.replace(['/', '@'], "_"), plan.datasets.join("+")))
+    });
+    eprintln!(
+        "plan: {} samples = datasets [{}] × policies [{}] × budgets [{}] × n {} → {}",
+        jobs.len(),
+        plan.datasets.join(", "),
+        plan.policies.join(", "),
+        plan.budgets
+            .iter()
+            .map(|b| format!("B={} W={} r={}", b.budget, b.window, b.ratio))
+            .collect::<Vec<_>>()
+            .join("; "),
+        plan.samples,
+        out.display()
+    );
+    if args.dry_run {
+        return Ok(0);
+    }
+    std::env::set_var("KVBENCH_DATA_DIR", &data_dir);
+    let opts = args.model.load_options()?;
+    let (ran, skipped) = run(&plan, jobs, &out, &source, &opts, args.threads)?;
+    eprintln!("ran {ran} samples, {skipped} already done; summary: {}", out.join("summary.csv").display());
+    Ok(0)
 }
 
 fn cmd_grade(args: GradeArgs) -> Result<u8> {

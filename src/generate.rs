@@ -30,7 +30,7 @@ pub trait CacheHook: Observer {
     fn after_forward(&mut self, cache: &mut KvCache, fed: &[u32], prefill: bool) -> Result<()>;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     StopToken,

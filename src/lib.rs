@@ -15,4 +15,5 @@ pub mod policies;
 pub mod results;
 pub mod runner;
 pub mod sampling;
+pub mod sweep;
 pub mod tokenizer;

@@ -6,57 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::Tensor;
 use common::*;
 use kvbench::model::load::{load, LoadOptions, ModelSource};
 use kvbench::model::{Arch, SeqStep};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn tokenizer_json(vocab: usize) -> String {
-    let mut entries = vec![
-        r#""<unk>":0"#.to_string(),
-        r#""<|user|>":1"#.into(),
-        r#""<|assistant|>":2"#.into(),
-        r#""<eos>":3"#.into(),
-    ];
-    entries.extend((4..vocab).map(|i| format!(r#""t{i}":{i}"#)));
-    let added: Vec<String> = ["<|user|>", "<|assistant|>", "<eos>"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!(r#"{{"id":{},"content":"{t}","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}"#, i + 1))
-        .collect();
-    format!(
-        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{}],"normalizer":null,
-        "pre_tokenizer":{{"type":"WhitespaceSplit"}},"post_processor":null,"decoder":null,
-        "model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
-        added.join(","),
-        entries.join(",")
-    )
-}
-
-/// Writes a tiny random Qwen2 model in HF layout into `dir`.
-fn write_model(dir: &Path) -> std::collections::HashMap<String, Tensor> {
-    let cfg = small_config(Arch::Qwen2);
-    let weights = random_weights(&cfg, 77);
-    std::fs::create_dir_all(dir).unwrap();
-    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
-    let config = format!(
-        r#"{{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":{},"intermediate_size":{},
-        "vocab_size":{},"num_hidden_layers":{},"num_attention_heads":{},"num_key_value_heads":{},"rms_norm_eps":1e-5,
-        "rope_theta":10000.0,"max_position_embeddings":512,"tie_word_embeddings":false,"eos_token_id":3}}"#,
-        cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads
-    );
-    std::fs::write(dir.join("config.json"), config).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json(cfg.vocab_size)).unwrap();
-    let template = r#"{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"#;
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::json!({"chat_template": template, "eos_token": "<eos>"}).to_string(),
-    )
-    .unwrap();
-    weights
-}
 
 /// A hub cache holding `kvbench-test/tiny` at revision main.
 fn write_hub_cache(root: &Path) -> PathBuf {

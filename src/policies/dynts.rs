@@ -220,6 +220,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn predictor_loads_from_safetensors_and_scores() {
+        let dev = Device::Cpu;
+        let t = |v: Vec<f32>, shape: (usize, usize)| Tensor::from_vec(v, shape, &dev).unwrap();
+        let mut weights = std::collections::HashMap::new();
+        weights.insert("fc1.weight".to_string(), t(vec![1.0, -1.0, 0.5, 0.5], (2, 2)));
+        weights.insert("fc2.weight".to_string(), t(vec![1.0, 2.0], (1, 2)));
+        weights.insert("fc2.bias".to_string(), Tensor::new(&[0.5f32], &dev).unwrap());
+        weights.insert("fc3.weight".to_string(), t(vec![-1.0], (1, 1)));
+        weights.insert("fc3.bias".to_string(), Tensor::new(&[1.0f32], &dev).unwrap());
+        let path = std::env::temp_dir().join(format!("kvbench-ip-{}.safetensors", std::process::id()));
+        candle_core::safetensors::save(&weights, &path).unwrap();
+        let ip = ImportancePredictor::load(&path, 2, DType::F32, &dev).unwrap();
+        let got: Vec<f32> = ip.forward(&t(vec![2.0, 1.0], (1, 2))).unwrap().to_vec1().unwrap();
+        let sp = |x: f32| (1.0 + x.exp()).ln();
+        let (h1, h2) = (sp(2.0 - 1.0), sp(0.5 * 2.0 + 0.5 * 1.0));
+        let expect = sp(-sp(h1 + 2.0 * h2 + 0.5) + 1.0);
+        assert!((got[0] - expect).abs() < 1e-5, "{got:?} vs {expect}");
+        let err = ImportancePredictor::load(&path, 3, DType::F32, &dev).err().unwrap().to_string();
+        assert!(err.contains("hidden size 3"), "{err}");
+    }
+
+    #[test]
     fn softplus_is_stable() {
         let x = Tensor::new(&[-100f32, 0.0, 100.0], &Device::Cpu).unwrap();
         let y: Vec<f32> = softplus(&x).unwrap().to_vec1().unwrap();
