@@ -213,8 +213,9 @@ pub fn run(
     let todo: Vec<Job> = jobs.into_iter().filter(|j| !done.contains(&j.key(plan))).collect();
     let skipped = done.len();
     let lm = load::load(source, opts)?;
-    write_manifest(out, plan, &lm)?;
     let specs = specs(plan)?;
+    check_prompts_fit(&lm, plan, &specs, &todo)?;
+    write_manifest(out, plan, &lm)?;
     let resources = PolicyResources::new(&lm, None)?;
     let file = OpenOptions::new().create(true).append(true).open(&samples_path)?;
     let writer = Mutex::new(file);
@@ -255,6 +256,30 @@ pub fn run(
     let summary = crate::results::summarize(&all, &lm.source.display());
     write_atomic(&out.join("summary.csv"), crate::results::summary_csv(&summary)?.as_bytes())?;
     Ok((todo.len(), skipped))
+}
+
+/// Policies that never evict the prompt need B above every prompt: checked for the whole plan
+/// once the tokenizer is loaded, before any decoding.
+fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: &[Job]) -> Result<()> {
+    let Some(min_budget) = plan.budgets.iter().map(|b| b.budget).min() else { return Ok(()) };
+    if !specs.iter().any(|s| s.protects_prompt()) {
+        return Ok(());
+    }
+    let mut seen = HashSet::new();
+    for job in jobs.iter().filter(|j| specs[j.policy].protects_prompt()) {
+        if seen.insert((job.dataset.clone(), job.question.index)) {
+            let n = render_prompt(lm, plan, &job.question)?.len();
+            if n >= min_budget {
+                bail!(
+                    "{} question {} has {n} prompt tokens, not below --budget {min_budget}, and {} never evicts the prompt",
+                    job.dataset,
+                    job.question.index,
+                    specs[job.policy].name
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_job(

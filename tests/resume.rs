@@ -158,6 +158,18 @@ fn bad_plans_fail_before_loading() {
     let r = run(&args(&model, &data, &out, "5kk"));
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("5kk"));
+    // dynts-random never evicts the prompt (6 tokens here): B = 5 cannot hold it.
+    let mut a = args(&model, &data, &out, "5");
+    a[8] = "dynts-random";
+    a[12] = "2";
+    let r = run(&a);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("prompt tokens") && stderr.contains("dynts-random"), "{stderr}");
+    assert!(
+        !out.join("samples.jsonl").exists() || std::fs::read_to_string(out.join("samples.jsonl")).unwrap().is_empty()
+    );
+    let _ = std::fs::remove_dir_all(&out);
     std::fs::write(data.join("gsm8k/test.jsonl"), "{\"question\":\"t5\",\"answer\":\"#### 1\"}\n{broken\n").unwrap();
     let r = run(&args(&model, &data, &out, "24"));
     assert_eq!(r.status.code(), Some(2));
