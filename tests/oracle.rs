@@ -45,6 +45,15 @@ fn ids(t: &[u32]) -> Tensor {
     Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
 }
 
+/// The reference's logits for the prompt, then for each decode token; `forward(ids, offset)`.
+fn reference_logits(prompt: &[u32], decode: &[u32], mut forward: impl FnMut(&Tensor, usize) -> Tensor) -> Vec<Tensor> {
+    let mut out = vec![forward(&ids(prompt), 0).flatten_all().unwrap()];
+    for (i, t) in decode.iter().enumerate() {
+        out.push(forward(&ids(&[*t]), prompt.len() + i).flatten_all().unwrap());
+    }
+    out
+}
+
 fn check_llama(cfg: ModelConfig, seed: u64) {
     let weights = random_weights(&cfg, seed);
     let prompt = tokens(13, cfg.vocab_size, seed + 1);
@@ -74,10 +83,7 @@ fn check_llama(cfg: ModelConfig, seed: u64) {
     let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
     let reference = llama::Llama::load(vb, &ref_cfg).unwrap();
     let mut rcache = llama::Cache::new(true, DType::F32, &ref_cfg, &Device::Cpu).unwrap();
-    let mut theirs = vec![reference.forward(&ids(&prompt), 0, &mut rcache).unwrap().flatten_all().unwrap()];
-    for (i, t) in decode.iter().enumerate() {
-        theirs.push(reference.forward(&ids(&[*t]), prompt.len() + i, &mut rcache).unwrap().flatten_all().unwrap());
-    }
+    let theirs = reference_logits(&prompt, &decode, |x, pos| reference.forward(x, pos, &mut rcache).unwrap());
     compare("llama", &ours(&cfg, &weights, &prompt, &decode), &theirs);
 }
 
@@ -125,10 +131,7 @@ fn qwen2_matches_candle_transformers() {
     };
     let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
     let mut reference = qwen2::ModelForCausalLM::new(&ref_cfg, vb).unwrap();
-    let mut theirs = vec![reference.forward(&ids(&prompt), 0).unwrap().flatten_all().unwrap()];
-    for (i, t) in decode.iter().enumerate() {
-        theirs.push(reference.forward(&ids(&[*t]), prompt.len() + i).unwrap().flatten_all().unwrap());
-    }
+    let theirs = reference_logits(&prompt, &decode, |x, pos| reference.forward(x, pos).unwrap());
     compare("qwen2", &ours(&cfg, &weights, &prompt, &decode), &theirs);
 }
 
@@ -158,10 +161,7 @@ fn qwen3_matches_candle_transformers() {
     };
     let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
     let mut reference = qwen3::ModelForCausalLM::new(&ref_cfg, vb).unwrap();
-    let mut theirs = vec![reference.forward(&ids(&prompt), 0).unwrap().flatten_all().unwrap()];
-    for (i, t) in decode.iter().enumerate() {
-        theirs.push(reference.forward(&ids(&[*t]), prompt.len() + i).unwrap().flatten_all().unwrap());
-    }
+    let theirs = reference_logits(&prompt, &decode, |x, pos| reference.forward(x, pos).unwrap());
     compare("qwen3", &ours(&cfg, &weights, &prompt, &decode), &theirs);
 }
 

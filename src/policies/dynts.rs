@@ -191,17 +191,10 @@ impl Policy for Dynts {
     }
 
     fn select(&mut self, cache: &KvCache, budget: &Budget) -> Result<Option<Selection>> {
-        let len = cache.len();
-        if len <= budget.window {
-            return Ok(None);
-        }
-        anyhow::ensure!(
-            self.scores.len() == len,
-            "dynts has scores for {} slots, the cache holds {len}",
-            self.scores.len()
-        );
         self.resolve_pending()?;
-        let older = &self.scores[..len - budget.window];
+        let Some(older) = super::scoring::older_part(&self.scores, cache.len(), budget.window, "dynts")? else {
+            return Ok(None);
+        };
         let scores = match self.params.select {
             DyntsSelect::Top => older.to_vec(),
             DyntsSelect::Bottom => older.iter().map(|s| -s).collect(),

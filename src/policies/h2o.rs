@@ -15,7 +15,7 @@
 
 use anyhow::Result;
 
-use super::scoring::{accumulate, StepAttention};
+use super::scoring::{accumulate, older_part, StepAttention};
 use super::{Budget, Policy, Selection, StepInfo};
 use crate::cache::KvCache;
 use crate::observe::{AttentionView, ObserveRequest};
@@ -61,16 +61,8 @@ impl Policy for H2o {
     }
 
     fn select(&mut self, cache: &KvCache, budget: &Budget) -> Result<Option<Selection>> {
-        let len = cache.len();
-        if len <= budget.window {
-            return Ok(None);
-        }
-        anyhow::ensure!(
-            self.scores.len() == len,
-            "h2o has scores for {} slots, the cache holds {len}",
-            self.scores.len()
-        );
-        Ok(Some(Selection::Older(self.scores[..len - budget.window].to_vec())))
+        let older = older_part(&self.scores, cache.len(), budget.window, "h2o")?;
+        Ok(older.map(|o| Selection::Older(o.to_vec())))
     }
 
     fn compacted(&mut self, kept: &[usize]) {

@@ -90,6 +90,16 @@ pub fn avg_pool1d(x: &[f32], kernel: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The older part `[0, L−W)` of per-slot scores kept in step with the cache, or `None` when the
+/// cache is no longer than the window (nothing to choose from).
+pub fn older_part<'a>(scores: &'a [f32], len: usize, window: usize, policy: &str) -> Result<Option<&'a [f32]>> {
+    if len <= window {
+        return Ok(None);
+    }
+    anyhow::ensure!(scores.len() == len, "{policy} has scores for {} slots, the cache holds {len}", scores.len());
+    Ok(Some(&scores[..len - window]))
+}
+
 /// Adds `step` (one entry per cached slot) to `acc`, which covers the slots of an earlier step
 /// and so may be shorter: new slots start from zero (`F.pad(acc, (0, n))`).
 pub fn accumulate(acc: &mut Vec<f32>, step: &[f32]) {
