@@ -220,7 +220,8 @@ impl Parser<'_, '_> {
         Ok(v)
     }
 
-    fn unary(&mut self) -> R {
+    /// Consumes a run of prefix `+`/`-` signs; true when they make the value negative.
+    fn signs(&mut self) -> Result<bool, EvalError> {
         let mut negative = false;
         loop {
             self.skip_ws();
@@ -232,6 +233,11 @@ impl Parser<'_, '_> {
             self.i += 1;
             self.budget.tick()?;
         }
+        Ok(negative)
+    }
+
+    fn unary(&mut self) -> R {
+        let negative = self.signs()?;
         let v = self.power()?;
         Ok(if negative { -v } else { v })
     }
@@ -248,17 +254,7 @@ impl Parser<'_, '_> {
     }
 
     fn exponent(&mut self) -> R {
-        let mut negative = false;
-        loop {
-            self.skip_ws();
-            match self.peek() {
-                Some('-') => negative = !negative,
-                Some('+') => {}
-                _ => break,
-            }
-            self.i += 1;
-            self.budget.tick()?;
-        }
+        let negative = self.signs()?;
         let v = match self.peek() {
             Some(c) if c.is_ascii_digit() || c == '.' => self.number()?,
             _ => self.primary()?,

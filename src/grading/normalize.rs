@@ -98,10 +98,7 @@ fn escapes(s: &str, percent: &mut bool) -> String {
                     continue;
                 };
                 if n.is_ascii_alphabetic() {
-                    let mut j = i + 1;
-                    while j < cs.len() && cs[j].is_ascii_alphabetic() {
-                        j += 1;
-                    }
+                    let j = control_word_end(&cs, i);
                     let name: String = cs[i + 1..j].iter().collect();
                     i = j;
                     match name.as_str() {
@@ -257,10 +254,7 @@ fn unwrap_text(s: &str) -> String {
     while i < cs.len() {
         match cs[i] {
             '\\' => {
-                let mut j = i + 1;
-                while j < cs.len() && cs[j].is_ascii_alphabetic() {
-                    j += 1;
-                }
+                let j = control_word_end(&cs, i);
                 if j == i + 1 {
                     out.push('\\');
                     if let Some(&n) = cs.get(j) {
@@ -531,10 +525,7 @@ fn fix_args(s: &str, depth: usize) -> String {
             i += 1;
             continue;
         }
-        let mut j = i + 1;
-        while j < cs.len() && cs[j].is_ascii_alphabetic() {
-            j += 1;
-        }
+        let j = control_word_end(&cs, i);
         if j == i + 1 {
             out.push('\\');
             if let Some(&n) = cs.get(j) {
@@ -606,10 +597,7 @@ fn take_arg(cs: &[char], pairs: &[Option<usize>], mut i: usize) -> Option<(Strin
             Some((cs[i + 1..close].iter().collect(), close + 1))
         }
         '\\' => {
-            let mut j = i + 1;
-            while j < cs.len() && cs[j].is_ascii_alphabetic() {
-                j += 1;
-            }
+            let j = control_word_end(cs, i);
             (j > i + 1).then(|| (cs[i..j].iter().collect(), j))
         }
         c if c.is_alphanumeric() || c == '.' => Some((c.to_string(), i + 1)),
@@ -682,4 +670,14 @@ fn strip_outer_braces(s: &str) -> String {
         s = inner.iter().collect();
     }
     s
+}
+
+/// Index just past the letters of the control word whose backslash is at `i` (`i + 1` when the
+/// backslash is followed by a non-letter).
+fn control_word_end(cs: &[char], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < cs.len() && cs[j].is_ascii_alphabetic() {
+        j += 1;
+    }
+    j
 }
