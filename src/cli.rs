@@ -32,41 +32,57 @@ pub enum Command {
     /// Run a sweep: datasets × policies × budgets × samples, graded, into results/<name>/
     /// (samples.jsonl, summary.csv, manifest.json). Re-running the same command resumes.
     Run(Box<RunArgs>),
+    /// Combine the shard folders of one plan into one result.
+    Merge(MergeArgs),
     /// Re-grade a JSONL of {prediction, reference, dataset} records (any tool's outputs) and write
     /// each verdict with its reason.
     Grade(GradeArgs),
 }
 
-#[derive(Args, Debug)]
+/// `kvbench run`. Flags left out take the experiment file's value, else the default shown.
+#[derive(Args, Debug, Default)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Datasets, comma-separated (see datasets/*.toml).
-    #[arg(long, value_delimiter = ',', default_value = "gsm8k")]
-    pub datasets: Vec<String>,
-    /// Policies, comma-separated; `all` = the eight of the DynTS figure.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
-    pub policies: Vec<String>,
-    /// B values, comma-separated (5000, 5k, 4.5k); each budgeted policy runs at every one.
-    #[arg(long, value_delimiter = ',', default_value = "5k")]
-    pub budget: Vec<String>,
-    /// W: the recent tokens always kept.
-    #[arg(long, default_value = "2000")]
-    pub window: String,
-    /// r: fraction of the older part kept at each eviction.
-    #[arg(long, default_value_t = 0.3)]
-    pub ratio: f64,
-    /// n: samples per question (accuracy is avg@n).
-    #[arg(long, default_value_t = 1)]
-    pub samples: usize,
+    /// An experiment file (experiments/*.toml); flags given here override its fields.
+    #[arg(long)]
+    pub experiment: Option<PathBuf>,
+    /// Model: a .gguf file, an HF-format directory or a hub id `owner/name[@revision]`
+    /// [default: the test model, models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Device: `cpu`, `cuda` or `cuda:N` [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute dtype: f32, bf16 or f16 [default: f32 on CPU, bf16 on GPU].
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Datasets, comma-separated (see datasets/*.toml) [default: gsm8k].
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Option<Vec<String>>,
+    /// Policies, comma-separated; `all` = the eight of the DynTS figure [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Option<Vec<String>>,
+    /// B values, comma-separated (5000, 5k, 4.5k); each budgeted policy runs at every one
+    /// [default: 5k]. Overrides B in every budget rule of an experiment file.
+    #[arg(long, value_delimiter = ',')]
+    pub budget: Option<Vec<String>>,
+    /// W: the recent tokens always kept [default: 2000].
+    #[arg(long)]
+    pub window: Option<String>,
+    /// r: fraction of the older part kept at each eviction [default: 0.3].
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    /// n: samples per question (accuracy is avg@n) [default: 1].
+    #[arg(long)]
+    pub samples: Option<usize>,
     /// Greedy decoding (the CI setting) instead of the paper's T 0.6, top-p 0.95, top-k 20.
     #[arg(long)]
     pub greedy: bool,
-    /// Seed of the per-sample random streams.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, default_value_t = 16384)]
-    pub max_new_tokens: usize,
+    /// Seed of the per-sample random streams [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// [default: 16384]
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Run only the first N questions of each dataset.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -77,20 +93,44 @@ pub struct RunArgs {
     /// "Please reason step by step, and put your final answer within \boxed{}."
     #[arg(long)]
     pub instruction: Option<String>,
-    /// Folder of the dataset files (default: $KVBENCH_DATA_DIR, else ../shared/datasets).
+    /// Importance-predictor weights (safetensors) for the `dynts` family.
+    #[arg(long)]
+    pub predictor: Option<PathBuf>,
+    /// Folder of the dataset files [default: $KVBENCH_DATA_DIR, else ../shared/datasets].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Results folder (default: results/<model>-<datasets>).
+    /// Results folder [default: results/<experiment> or results/<model>-<datasets>]; with
+    /// several models one subfolder each, with --shard a `shard-i-of-N` subfolder.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Worker threads (sequences decoded in parallel).
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-    #[arg(long, default_value_t = 512)]
-    pub prefill_chunk: usize,
+    /// Worker threads, each decoding one sequence at a time [default: 2].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Prompt tokens per prefill forward pass [default: 512].
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// Run only part i of N of the plan (0-based, e.g. 0/4 … 3/4); `kvbench merge` joins the parts.
+    #[arg(long)]
+    pub shard: Option<String>,
     /// Print the expanded plan and exit without loading the model.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard folders written by `kvbench run --shard i/N` with the same plan.
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// The merged results folder (samples.jsonl in plan order, summary.csv, manifest.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder of the dataset files (to check the merged samples against the plan).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Merge even if shards or samples are missing.
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 #[derive(Args, Debug)]
@@ -170,27 +210,33 @@ impl ModelArgs {
     }
 
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            d if d == "cuda" || d.starts_with("cuda:") => {
-                let ordinal = match d.strip_prefix("cuda:") {
-                    Some(n) => n.parse().with_context(|| format!("--device {d}: bad GPU ordinal"))?,
-                    None => 0,
-                };
-                Device::new_cuda(ordinal).with_context(|| format!("--device {d}"))?
-            }
-            other => bail!("--device must be cpu, cuda or cuda:N, got '{other}'"),
-        };
-        let dtype = match self.dtype.as_deref() {
-            None if device.is_cpu() => DType::F32,
-            None => DType::BF16,
-            Some("f32") => DType::F32,
-            Some("bf16") => DType::BF16,
-            Some("f16") => DType::F16,
-            Some(other) => bail!("--dtype must be f32, bf16 or f16, got '{other}'"),
-        };
-        Ok(LoadOptions { device, dtype })
+        load_options(&self.device, self.dtype.as_deref())
     }
+}
+
+/// The device and dtype from their flags; creating a CUDA device is the first GPU work, so it
+/// happens after planning.
+pub fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
+    let device = match device {
+        "cpu" => Device::Cpu,
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            let ordinal = match d.strip_prefix("cuda:") {
+                Some(n) => n.parse().with_context(|| format!("--device {d}: bad GPU ordinal"))?,
+                None => 0,
+            };
+            Device::new_cuda(ordinal).with_context(|| format!("--device {d}"))?
+        }
+        other => bail!("--device must be cpu, cuda or cuda:N, got '{other}'"),
+    };
+    let dtype = match dtype {
+        None if device.is_cpu() => DType::F32,
+        None => DType::BF16,
+        Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(other) => bail!("--dtype must be f32, bf16 or f16, got '{other}'"),
+    };
+    Ok(LoadOptions { device, dtype })
 }
 
 /// Sampling flags shared by every decoding command.

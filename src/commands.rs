@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 
 use crate::chat::ChatMessage;
-use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, PoliciesArgs, RunArgs};
+use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, MergeArgs, PoliciesArgs, RunArgs};
 use crate::generate::GenerateParams;
 use crate::model::load;
 use crate::policies::registry::{self, PolicySpec};
@@ -20,68 +20,68 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Policies(args) => cmd_policies(args),
         Command::Grade(args) => cmd_grade(args),
         Command::Run(args) => cmd_run(*args),
+        Command::Merge(args) => cmd_merge(args),
     }
 }
 
 fn cmd_run(args: RunArgs) -> Result<u8> {
-    use crate::policies::{parse_tokens, Budget};
-    use crate::sweep::{expand, policy_names, run, Plan};
-    let window = parse_tokens(&args.window).context("--window")?;
-    let budgets = args
-        .budget
-        .iter()
-        .map(|b| {
-            let budget = Budget { budget: parse_tokens(b).context("--budget")?, window, ratio: args.ratio };
-            budget.validate()?;
-            Ok(budget)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (policies, policy_params) = policy_names(&args.policies)?;
-    let sampling =
-        if args.greedy { crate::sampling::SamplingParams::GREEDY } else { crate::sampling::SamplingParams::PAPER };
-    let source = args.model.source()?;
-    let plan = Plan {
-        model: source.display(),
-        datasets: args.datasets.clone(),
-        policies,
-        policy_params,
-        budgets,
-        samples: args.samples,
-        seed: args.seed,
-        sampling,
-        max_new_tokens: args.max_new_tokens,
-        limit: args.limit,
-        ids: args.ids.clone(),
-        instruction: args.instruction.clone(),
-        prefill_chunk: args.prefill_chunk,
-    };
-    let data_dir = crate::datasets::data_dir(args.data_dir.as_deref());
-    let jobs = expand(&plan, &data_dir)?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let model =
-            std::path::Path::new(&plan.model).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        crate::sweep::default_out(&format!("{}-{}", model.replace(['/', '@'], "_"), plan.datasets.join("+")))
-    });
-    eprintln!(
-        "plan: {} samples = datasets [{}] × policies [{}] × budgets [{}] × n {} → {}",
-        jobs.len(),
-        plan.datasets.join(", "),
-        plan.policies.join(", "),
-        plan.budgets
-            .iter()
-            .map(|b| format!("B={} W={} r={}", b.budget, b.window, b.ratio))
-            .collect::<Vec<_>>()
-            .join("; "),
-        plan.samples,
-        out.display()
-    );
+    use crate::sweep::{budget_label, expand, run, RunConfig};
+    let setup = crate::experiment::resolve(&args)?;
+    // Every model's plan is expanded and checked before the first weight is loaded.
+    let mut expanded = Vec::new();
+    for r in &setup.runs {
+        let jobs = expand(&r.plan, &setup.data_dir)?;
+        let label = |d: &String| r.plan.budgets[d].iter().map(|b| budget_label(Some(b))).collect::<Vec<_>>().join(" ");
+        let first = label(&r.plan.datasets[0]);
+        let budgets: Vec<String> = if r.plan.datasets.iter().all(|d| label(d) == first) {
+            vec![first]
+        } else {
+            r.plan.datasets.iter().map(|d| format!("{d}: {}", label(d))).collect()
+        };
+        let shown = match setup.shard {
+            Some(s) => format!("shard {s} of {} samples", jobs.len()),
+            None => format!("{} samples", jobs.len()),
+        };
+        eprintln!(
+            "plan: {} on {shown} = policies [{}] × budgets [{}] × n {} → {}",
+            r.plan.model,
+            r.plan.policies.join(", "),
+            budgets.join("; "),
+            r.plan.samples,
+            r.out.display()
+        );
+        expanded.push(jobs);
+    }
     if args.dry_run {
         return Ok(0);
     }
-    std::env::set_var("KVBENCH_DATA_DIR", &data_dir);
-    let opts = args.model.load_options()?;
-    let (ran, skipped) = run(&plan, jobs, &out, &source, &opts, args.threads)?;
-    eprintln!("ran {ran} samples, {skipped} already done; summary: {}", out.join("summary.csv").display());
+    let load = crate::cli::load_options(&setup.device, setup.dtype.as_deref())?;
+    let mut summaries = Vec::new();
+    for (r, jobs) in setup.runs.iter().zip(expanded) {
+        let cfg = RunConfig {
+            out: r.out.clone(),
+            data_dir: setup.data_dir.clone(),
+            source: r.source.clone(),
+            load: load.clone(),
+            threads: setup.threads,
+            shard: setup.shard,
+        };
+        let (ran, skipped) = run(&r.plan, jobs, &cfg)?;
+        eprintln!("ran {ran} samples, {skipped} already done; summary: {}", r.out.join("summary.csv").display());
+        summaries.push(r.out.join("summary.csv"));
+    }
+    if let Some(out) = &setup.combined_out {
+        let path = out.join("summary.csv");
+        crate::results::concat_csv(&summaries, &path)?;
+        eprintln!("all models: {}", path.display());
+    }
+    Ok(0)
+}
+
+fn cmd_merge(args: MergeArgs) -> Result<u8> {
+    let data_dir = crate::datasets::data_dir(args.data_dir.as_deref());
+    let n = crate::sweep::merge(&args.out, &args.shards, &data_dir, args.allow_partial)?;
+    eprintln!("merged {n} samples from {} shards into {}", args.shards.len(), args.out.display());
     Ok(0)
 }
 

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cli;
 pub mod commands;
 pub mod datasets;
+pub mod experiment;
 pub mod generate;
 pub mod grading;
 pub mod model;

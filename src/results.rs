@@ -77,15 +77,18 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - ((n - c + 1)..=n).fold(1.0, |acc, i| acc * (1.0 - k as f64 / i as f64))
 }
 
-/// Aggregates samples into summary rows, sorted by dataset, policy and budget.
-pub fn summarize(records: &[SampleRecord], model: &str) -> Vec<SummaryRow> {
-    let mut groups: BTreeMap<(String, String, usize), Vec<&SampleRecord>> = BTreeMap::new();
+/// Aggregates samples into summary rows, sorted by dataset, policy and (B, W, r). Means are taken
+/// in the order given, so callers pass a fixed order.
+pub fn summarize(records: &[&SampleRecord], model: &str) -> Vec<SummaryRow> {
+    // r is positive, so its bit pattern sorts like its value.
+    type Config = (String, String, usize, usize, u64);
+    let mut groups: BTreeMap<Config, Vec<&SampleRecord>> = BTreeMap::new();
     for r in records {
-        groups.entry((r.dataset.clone(), r.policy.clone(), r.budget)).or_default().push(r);
+        groups.entry((r.dataset.clone(), r.policy.clone(), r.budget, r.window, r.ratio.to_bits())).or_default().push(r);
     }
     groups
         .into_iter()
-        .map(|((dataset, policy, budget), rs)| {
+        .map(|((dataset, policy, budget, _, _), rs)| {
             let mut by_q: BTreeMap<usize, Vec<&SampleRecord>> = BTreeMap::new();
             for r in &rs {
                 by_q.entry(r.question_index).or_default().push(r);
@@ -158,6 +161,25 @@ pub fn summary_csv(rows: &[SummaryRow]) -> Result<String> {
         return Ok(String::new());
     }
     Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?)
+}
+
+/// Writes the rows of several CSV files with one header (the per-model summaries of a run).
+pub fn concat_csv(inputs: &[std::path::PathBuf], out: &Path) -> Result<()> {
+    let mut body = String::new();
+    for (i, path) in inputs.iter().enumerate() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        if i == 0 {
+            body.push_str(header);
+            body.push('\n');
+        }
+        for l in lines {
+            body.push_str(l);
+            body.push('\n');
+        }
+    }
+    write_atomic(out, body.as_bytes())
 }
 
 #[cfg(test)]

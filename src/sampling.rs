@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 
 /// Sampling parameters; `temperature == 0` means greedy.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SamplingParams {
     pub temperature: f64,
     pub top_p: f64,

@@ -78,6 +78,28 @@ fn summary(out: &Path) -> Vec<Vec<String>> {
     r.records().map(|rec| rec.unwrap()).map(|rec| keep.iter().map(|&i| rec[i].to_string()).collect()).collect()
 }
 
+/// Starts `a` and SIGKILLs it at a random moment early in the run, until `want` kills landed (at
+/// most 12 tries); returns how many did.
+fn kill_repeatedly(a: &[&str], full_time: Duration, want: usize, seed: u64) -> usize {
+    let mut rng = kvbench::sampling::Rng::new(seed);
+    let mut kills = 0;
+    for _ in 0..12 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvbench")).args(a).spawn().unwrap();
+        // Each kill lands within the first 5–15 % of a full run's time, so several fit before the end.
+        let wait = full_time.mul_f64(0.05 + 0.1 * rng.next_f64());
+        std::thread::sleep(wait.min(Duration::from_secs(20)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if kills >= want {
+            break;
+        }
+    }
+    kills
+}
+
 #[test]
 fn killed_and_resumed_equals_uninterrupted() {
     let (root, model, data) = setup("kill");
@@ -90,23 +112,7 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert_eq!(expected.len(), 6 * 2 * 4);
 
     let out = root.join("killed");
-    let mut rng = kvbench::sampling::Rng::new(99);
-    let mut kills = 0;
-    for _ in 0..12 {
-        let mut child =
-            Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args(&model, &data, &out, "24")).spawn().unwrap();
-        // Each kill lands within the first 5–15 % of a full run's time, so five fit before the end.
-        let wait = full_time.mul_f64(0.05 + 0.1 * rng.next_f64());
-        std::thread::sleep(wait.min(Duration::from_secs(20)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-        if kills >= 5 {
-            break;
-        }
-    }
+    let kills = kill_repeatedly(&args(&model, &data, &out, "24"), full_time, 5, 99);
     assert!(kills >= 5, "only {kills} runs were still going when killed");
     let resumed = run(&args(&model, &data, &out, "24"));
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
@@ -169,10 +175,75 @@ fn bad_plans_fail_before_loading() {
     assert!(
         !out.join("samples.jsonl").exists() || std::fs::read_to_string(out.join("samples.jsonl")).unwrap().is_empty()
     );
+    let exp = root.join("typo.toml");
+    std::fs::write(&exp, "datasets = [\"gsm8k\"]\nmax_new_token = 48\n").unwrap();
+    let mut a = args(&model, &data, &out, "24");
+    a.extend(["--experiment", exp.to_str().unwrap()]);
+    let r = run(&a);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("max_new_token") && stderr.contains("typo.toml"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::write(data.join("gsm8k/test.jsonl"), "{\"question\":\"t5\",\"answer\":\"#### 1\"}\n{broken\n").unwrap();
     let r = run(&args(&model, &data, &out, "24"));
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("test.jsonl:2"));
     assert!(!out.exists(), "nothing is written for an invalid plan");
+}
+
+#[test]
+fn three_shards_merged_equal_an_uninterrupted_run() {
+    let (root, model, data) = setup("shards");
+    let reference = root.join("reference");
+    let t = Instant::now();
+    assert!(run(&args(&model, &data, &reference, "24")).status.success());
+    let full_time = t.elapsed();
+    let out = root.join("sharded");
+    let shard_args = |i: usize| -> Vec<String> {
+        let mut a: Vec<String> = args(&model, &data, &out, "24").iter().map(|s| s.to_string()).collect();
+        a.extend(["--shard".to_string(), format!("{i}/3")]);
+        a
+    };
+    for i in 0..3 {
+        let a = shard_args(i);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        if i == 1 {
+            // One shard dies twice on the way; its resumption must not show in the merge.
+            assert!(kill_repeatedly(&a, full_time / 3, 2, 7) >= 1);
+        }
+        let r = run(&a);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let dirs: Vec<String> = (0..3).map(|i| out.join(format!("shard-{i}-of-3")).display().to_string()).collect();
+    let sizes: Vec<usize> = dirs.iter().map(|d| samples(Path::new(d)).len()).collect();
+    assert_eq!(sizes, vec![16, 16, 16], "shards split the 48 samples evenly");
+    let merged = root.join("merged");
+    let merge = |dirs: &[&str], into: &Path| {
+        let mut a = vec!["merge"];
+        a.extend(dirs);
+        a.extend(["--out", into.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+        run(&a)
+    };
+    let all: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    let r = merge(&all, &merged);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(samples(&merged), samples(&reference), "merged samples differ from an uninterrupted run");
+    assert_eq!(summary(&merged), summary(&reference));
+
+    // Refusals, each with exit code 2 and the reason.
+    let refused = |dirs: &[&str], what: &str| {
+        let r = merge(dirs, &root.join("refused"));
+        let stderr = String::from_utf8_lossy(&r.stderr).to_string();
+        assert_eq!(r.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(what), "expected '{what}' in: {stderr}");
+    };
+    refused(&all[..2], "shards 2/3 are missing");
+    refused(&[all[0], all[0], all[1]], "are both shard 0/3");
+    let other = root.join("other");
+    let mut a = args(&model, &data, &other, "32");
+    a.extend(["--shard", "2/3"]);
+    assert!(run(&a).status.success());
+    let foreign = other.join("shard-2-of-3");
+    refused(&[all[0], all[1], foreign.to_str().unwrap()], "different plan");
+    refused(&[reference.to_str().unwrap()], "holds a whole plan");
 }
