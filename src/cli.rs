@@ -103,9 +103,13 @@ pub struct RunArgs {
     /// several models one subfolder each, with --shard a `shard-i-of-N` subfolder.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Worker threads, each decoding one sequence at a time [default: 2].
+    /// Worker threads [default: 2].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Samples decoded together, stacked into one forward per step: consecutive jobs of the plan
+    /// form fixed groups (part of the plan, since stacking rounds differently) [default: 1].
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Prompt tokens per prefill forward pass [default: 512].
     #[arg(long)]
     pub prefill_chunk: Option<usize>,

@@ -40,6 +40,7 @@ pub struct Experiment {
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub threads: Option<usize>,
+    pub batch: Option<usize>,
     pub out: Option<PathBuf>,
     /// Importance-predictor weights per model, for the `dynts` family.
     #[serde(default)]
@@ -180,6 +181,10 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         }
     }
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
+    let (threads, batch) = (args.threads.or(exp.threads).unwrap_or(2), args.batch.or(exp.batch).unwrap_or(1));
+    if threads == 0 || batch == 0 {
+        bail!("--threads and --batch must be at least 1");
+    }
     let base = args.out.clone().or(exp.out.clone()).unwrap_or_else(|| {
         let name = match &args.experiment {
             Some(p) => p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
@@ -223,6 +228,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
             instruction: args.instruction.clone().or(exp.instruction.clone()),
             prefill_chunk: args.prefill_chunk.or(exp.prefill_chunk).unwrap_or(512),
             predictor,
+            batch,
         };
         let mut out = if models.len() > 1 { base.join(model_slug(model)) } else { base.clone() };
         if let Some(s) = shard {
@@ -236,7 +242,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         data_dir: crate::datasets::data_dir(args.data_dir.as_deref()),
         device: args.device.clone().or(exp.device.clone()).unwrap_or_else(|| "cpu".into()),
         dtype: args.dtype.clone().or(exp.dtype.clone()),
-        threads: args.threads.or(exp.threads).unwrap_or(2),
+        threads,
         shard,
     })
 }

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use crate::cache::KvCache;
 use crate::model::{SeqStep, Transformer};
-use crate::observe::Observer;
+use crate::observe::{AttentionView, ObserveRequest, Observer};
 use crate::sampling::{sample, Rng, SamplingParams};
 
 #[derive(Debug, Clone)]
@@ -62,15 +62,196 @@ impl Generation {
     }
 }
 
-fn logits_row_to_token(logits: &Tensor, params: &SamplingParams, rng: &mut Rng) -> Result<u32> {
-    if params.is_greedy() {
-        // Argmax on the device: one u32 crosses to the host, not the vocabulary.
-        return Ok(crate::model::transformer::argmax_rows(logits)?[0]);
-    }
-    let row: Vec<f32> = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-    Ok(sample(&row, params, rng))
+/// One sequence being decoded: its cache, random stream and output so far. Prefilled alone, then
+/// advanced by [`decode_step`], alone or together with other sequences (one stacked forward).
+pub struct Sequence {
+    pub cache: KvCache,
+    params: GenerateParams,
+    rng: Rng,
+    prompt_tokens: usize,
+    tokens: Vec<u32>,
+    stop: Option<StopReason>,
+    peak_kv: usize,
+    kv_footprint: u64,
+    prefill_secs: f64,
+    decode_secs: f64,
 }
 
+impl Sequence {
+    /// Prefills `prompt` in chunks and draws the first token.
+    pub fn prefill(
+        model: &Transformer,
+        mut cache: KvCache,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut rng: Rng,
+        mut hook: Option<&mut dyn CacheHook>,
+    ) -> Result<Self> {
+        ensure!(!prompt.is_empty(), "the prompt is empty");
+        ensure!(params.prefill_chunk > 0, "prefill chunk must be positive");
+        let start = Instant::now();
+        let mut logits = None;
+        let mut peak_kv = 0;
+        for chunk in prompt.chunks(params.prefill_chunk) {
+            if let Some(h) = hook.as_deref_mut() {
+                h.before_forward(&cache, chunk, true)?;
+            }
+            let mut step = [SeqStep { cache: &mut cache, tokens: chunk, positions: None, visible: None }];
+            logits = Some(model.forward(&mut step, hook.as_deref_mut().map(|h| h as &mut dyn Observer))?);
+            if let Some(h) = hook.as_deref_mut() {
+                h.after_forward(&mut cache, chunk, true)?;
+            }
+            peak_kv = peak_kv.max(cache.len());
+        }
+        let logits = logits.expect("prompt is not empty");
+        let prefill_secs = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut seq = Sequence {
+            cache,
+            params: params.clone(),
+            rng: rng.clone(),
+            prompt_tokens: prompt.len(),
+            tokens: Vec::new(),
+            stop: None,
+            peak_kv,
+            kv_footprint: 0,
+            prefill_secs,
+            decode_secs: 0.0,
+        };
+        if params.max_new_tokens == 0 {
+            seq.stop = Some(StopReason::MaxNewTokens);
+        } else {
+            let next = next_tokens(&logits, &[&params.sampling], std::slice::from_mut(&mut rng))?[0];
+            seq.rng = rng;
+            seq.push(next);
+        }
+        seq.decode_secs = start.elapsed().as_secs_f64();
+        Ok(seq)
+    }
+
+    fn push(&mut self, token: u32) {
+        self.tokens.push(token);
+        if self.params.stop_tokens.contains(&token) {
+            self.stop = Some(StopReason::StopToken);
+        } else if self.tokens.len() >= self.params.max_new_tokens {
+            self.stop = Some(StopReason::MaxNewTokens);
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    pub fn into_generation(self) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+            stop: self.stop.unwrap_or(StopReason::MaxNewTokens),
+            peak_kv: self.peak_kv,
+            kv_footprint: self.kv_footprint,
+            prefill_secs: self.prefill_secs,
+            decode_secs: self.decode_secs,
+        }
+    }
+}
+
+/// The next token of every row of `logits` `[n, vocab]`: row i with `params[i]`, drawn from `rngs[i]`.
+fn next_tokens(logits: &Tensor, params: &[&SamplingParams], rngs: &mut [Rng]) -> Result<Vec<u32>> {
+    if params.iter().all(|p| p.is_greedy()) {
+        // Argmax on the device: one u32 per row crosses to the host, not the vocabulary.
+        return crate::model::transformer::argmax_rows(logits);
+    }
+    let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+    Ok(rows.iter().zip(params).zip(rngs).map(|((row, p), rng)| sample(row, p, rng)).collect())
+}
+
+/// Routes a stacked forward's observations to each sequence's own hook (which sees itself as
+/// sequence 0), and only what that hook asked for.
+struct BatchObserver<'a, 'h> {
+    hooks: &'a mut [Option<&'h mut dyn CacheHook>],
+    requests: Vec<ObserveRequest>,
+}
+
+impl Observer for BatchObserver<'_, '_> {
+    fn request(&self) -> ObserveRequest {
+        self.requests.iter().fold(ObserveRequest::default(), |a, r| ObserveRequest {
+            attention: a.attention || r.attention,
+            hidden: a.hidden || r.hidden,
+        })
+    }
+
+    fn attention(&mut self, seq: usize, view: &AttentionView<'_>) -> Result<()> {
+        match &mut self.hooks[seq] {
+            Some(h) if self.requests[seq].attention => h.attention(0, view),
+            _ => Ok(()),
+        }
+    }
+
+    fn hidden(&mut self, seq: usize, hidden: &Tensor) -> Result<()> {
+        match &mut self.hooks[seq] {
+            Some(h) if self.requests[seq].hidden => h.hidden(0, hidden),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One decode step for every unfinished sequence of `seqs`, in one stacked forward; `hooks[i]`
+/// belongs to `seqs[i]`. Every sequence in the step is charged the step's wall time.
+pub fn decode_step(
+    model: &Transformer,
+    seqs: &mut [&mut Sequence],
+    hooks: &mut [Option<&mut dyn CacheHook>],
+) -> Result<()> {
+    ensure!(seqs.len() == hooks.len(), "one hook slot per sequence");
+    let start = Instant::now();
+    let active: Vec<bool> = seqs.iter().map(|s| !s.finished()).collect();
+    if !active.contains(&true) {
+        return Ok(());
+    }
+    let fed: Vec<[u32; 1]> =
+        seqs.iter().filter(|s| !s.finished()).map(|s| [*s.tokens.last().expect("a token was drawn")]).collect();
+    // The active sequences and their hooks, in the order of the stacked rows.
+    let mut live: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.finished()).map(|s| &mut **s).collect();
+    let mut live_hooks: Vec<Option<&mut dyn CacheHook>> =
+        hooks.iter_mut().zip(&active).filter(|(_, &a)| a).map(|(h, _)| reborrow(h)).collect();
+    for ((seq, hook), fed) in live.iter().zip(live_hooks.iter_mut()).zip(&fed) {
+        if let Some(h) = hook.as_deref_mut() {
+            h.before_forward(&seq.cache, fed, false)?;
+        }
+    }
+    let requests = live_hooks.iter().map(|h| h.as_ref().map(|h| h.request()).unwrap_or_default()).collect();
+    let logits = {
+        let mut steps: Vec<SeqStep<'_>> = live
+            .iter_mut()
+            .zip(&fed)
+            .map(|(seq, fed)| SeqStep { cache: &mut seq.cache, tokens: fed, positions: None, visible: None })
+            .collect();
+        let mut observer = BatchObserver { hooks: &mut live_hooks, requests };
+        model.forward(&mut steps, Some(&mut observer))?
+    };
+    let params: Vec<&SamplingParams> = live.iter().map(|s| &s.params.sampling).collect();
+    let mut rngs: Vec<Rng> = live.iter().map(|s| s.rng.clone()).collect();
+    let next = next_tokens(&logits, &params, &mut rngs)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    for (k, seq) in live.iter_mut().enumerate() {
+        if let Some(h) = live_hooks[k].as_deref_mut() {
+            h.after_forward(&mut seq.cache, &fed[k], false)?;
+        }
+        seq.peak_kv = seq.peak_kv.max(seq.cache.len());
+        seq.kv_footprint += seq.cache.len() as u64;
+        seq.rng = rngs[k].clone();
+        seq.push(next[k]);
+        seq.decode_secs += elapsed;
+    }
+    Ok(())
+}
+
+/// A shorter-lived handle on a hook (the cast shortens the trait object's lifetime too).
+fn reborrow<'a>(hook: &'a mut Option<&mut dyn CacheHook>) -> Option<&'a mut dyn CacheHook> {
+    hook.as_deref_mut().map(|h| h as &mut dyn CacheHook)
+}
+
+/// Generates for one sequence: prefill, then one token per step until a stop token or the limit.
 pub fn generate(
     model: &Transformer,
     cache: &mut KvCache,
@@ -79,57 +260,12 @@ pub fn generate(
     rng: &mut Rng,
     mut hook: Option<&mut dyn CacheHook>,
 ) -> Result<Generation> {
-    ensure!(!prompt.is_empty(), "the prompt is empty");
-    ensure!(params.prefill_chunk > 0, "prefill chunk must be positive");
-    let start = Instant::now();
-    let mut logits = None;
-    let mut peak_kv = 0;
-    for chunk in prompt.chunks(params.prefill_chunk) {
-        if let Some(h) = hook.as_deref_mut() {
-            h.before_forward(cache, chunk, true)?;
-        }
-        let mut step = [SeqStep { cache: &mut *cache, tokens: chunk, positions: None, visible: None }];
-        logits = Some(model.forward(&mut step, hook.as_deref_mut().map(|h| h as &mut dyn Observer))?);
-        if let Some(h) = hook.as_deref_mut() {
-            h.after_forward(cache, chunk, true)?;
-        }
-        peak_kv = peak_kv.max(cache.len());
+    let taken = std::mem::replace(cache, model.new_cache(1)?);
+    let mut seq = Sequence::prefill(model, taken, prompt, params, rng.clone(), reborrow(&mut hook))?;
+    while !seq.finished() {
+        decode_step(model, &mut [&mut seq], &mut [reborrow(&mut hook)])?;
     }
-    let mut logits = logits.expect("prompt is not empty");
-    let prefill_secs = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let mut tokens = Vec::new();
-    let mut kv_footprint = 0u64;
-    let mut stop = StopReason::MaxNewTokens;
-    while tokens.len() < params.max_new_tokens {
-        let next = logits_row_to_token(&logits, &params.sampling, rng)?;
-        tokens.push(next);
-        if params.stop_tokens.contains(&next) {
-            stop = StopReason::StopToken;
-            break;
-        }
-        if tokens.len() == params.max_new_tokens {
-            break;
-        }
-        let fed = [next];
-        if let Some(h) = hook.as_deref_mut() {
-            h.before_forward(cache, &fed, false)?;
-        }
-        let mut step = [SeqStep { cache: &mut *cache, tokens: &fed, positions: None, visible: None }];
-        logits = model.forward(&mut step, hook.as_deref_mut().map(|h| h as &mut dyn Observer))?;
-        if let Some(h) = hook.as_deref_mut() {
-            h.after_forward(cache, &fed, false)?;
-        }
-        peak_kv = peak_kv.max(cache.len());
-        kv_footprint += cache.len() as u64;
-    }
-    Ok(Generation {
-        tokens,
-        prompt_tokens: prompt.len(),
-        stop,
-        peak_kv,
-        kv_footprint,
-        prefill_secs,
-        decode_secs: start.elapsed().as_secs_f64(),
-    })
+    *rng = seq.rng.clone();
+    std::mem::swap(cache, &mut seq.cache);
+    Ok(seq.into_generation())
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::generate::{generate, GenerateParams, Generation};
+use crate::generate::{decode_step, CacheHook, GenerateParams, Generation, Sequence};
 use crate::model::load::LoadedModel;
 use crate::policies::dynts::ImportancePredictor;
 use crate::policies::trace::TraceSink;
@@ -43,9 +43,26 @@ pub struct SampleOutput {
     pub stats: EvictionStats,
 }
 
-/// Generates for `prompt` under `spec` at `budget`; `rng` is the sample's own stream.
+/// A sample in flight: its sequence and its policy, advanced by [`decode_batch`].
+pub struct SampleState {
+    pub seq: Sequence,
+    pub evictor: Evictor,
+}
+
+impl SampleState {
+    pub fn finished(&self) -> bool {
+        self.seq.finished()
+    }
+
+    pub fn finish(self) -> SampleOutput {
+        SampleOutput { stats: self.evictor.stats().clone(), generation: self.seq.into_generation() }
+    }
+}
+
+/// Prefills `prompt` under `spec` at `budget` and draws the first token; `rng` is the sample's
+/// own stream.
 #[allow(clippy::too_many_arguments)]
-pub fn run_sample(
+pub fn start_sample(
     lm: &LoadedModel,
     res: &PolicyResources,
     spec: &PolicySpec,
@@ -54,7 +71,7 @@ pub fn run_sample(
     params: &GenerateParams,
     rng: Rng,
     trace: Option<(&TraceSink, String)>,
-) -> Result<SampleOutput> {
+) -> Result<SampleState> {
     if spec.protects_prompt() && budget.budget <= prompt.len() {
         bail!(
             "--budget {} is not above the prompt length {} and {} never evicts the prompt",
@@ -69,8 +86,7 @@ pub fn run_sample(
     } else {
         prompt.len() + params.max_new_tokens
     };
-    let mut cache = lm.model.new_cache(capacity)?;
-    let mut sampling_rng = rng.clone();
+    let cache = lm.model.new_cache(capacity)?;
     let ctx = PolicyContext {
         num_layers: lm.model.config().num_layers,
         separator_ids: res.separator_ids.clone(),
@@ -82,6 +98,32 @@ pub fn run_sample(
     if let Some((sink, sample)) = trace {
         evictor = evictor.with_trace(sink.clone(), sample);
     }
-    let generation = generate(&lm.model, &mut cache, prompt, params, &mut sampling_rng, Some(&mut evictor))?;
-    Ok(SampleOutput { generation, stats: evictor.stats().clone() })
+    let seq = Sequence::prefill(&lm.model, cache, prompt, params, rng, Some(&mut evictor))?;
+    Ok(SampleState { seq, evictor })
+}
+
+/// One decode step for every unfinished sample of `batch`, stacked into one forward.
+pub fn decode_batch(lm: &LoadedModel, batch: &mut [&mut SampleState]) -> Result<()> {
+    let (mut seqs, mut hooks): (Vec<&mut Sequence>, Vec<Option<&mut dyn CacheHook>>) =
+        batch.iter_mut().map(|s| (&mut s.seq, Some(&mut s.evictor as &mut dyn CacheHook))).unzip();
+    decode_step(&lm.model, &mut seqs, &mut hooks)
+}
+
+/// Generates for `prompt` under `spec` at `budget`, alone; `rng` is the sample's own stream.
+#[allow(clippy::too_many_arguments)]
+pub fn run_sample(
+    lm: &LoadedModel,
+    res: &PolicyResources,
+    spec: &PolicySpec,
+    budget: &Budget,
+    prompt: &[u32],
+    params: &GenerateParams,
+    rng: Rng,
+    trace: Option<(&TraceSink, String)>,
+) -> Result<SampleOutput> {
+    let mut state = start_sample(lm, res, spec, budget, prompt, params, rng, trace)?;
+    while !state.finished() {
+        decode_batch(lm, &mut [&mut state])?;
+    }
+    Ok(state.finish())
 }

@@ -21,7 +21,7 @@ use crate::model::load::{self, LoadOptions, LoadedModel, ModelSource};
 use crate::policies::registry::{expand_names, PolicySpec};
 use crate::policies::Budget;
 use crate::results::write_atomic;
-use crate::runner::{run_sample, PolicyResources};
+use crate::runner::{decode_batch, start_sample, PolicyResources, SampleState};
 use crate::sampling::{Rng, SamplingParams};
 
 /// Everything that determines a run's numbers; a results folder belongs to exactly one plan.
@@ -45,6 +45,15 @@ pub struct Plan {
     pub prefill_chunk: usize,
     /// Importance-predictor weights for the `dynts` family (its hash goes into the manifest).
     pub predictor: Option<PathBuf>,
+    /// Samples decoded together: consecutive jobs of the plan form fixed groups. Stacked rows
+    /// round differently from single ones (≈ 1e-5 in the logits), so the grouping is part of the
+    /// plan and never depends on threads, shards or resumption.
+    #[serde(default = "one")]
+    pub batch: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A deterministic part of a plan: jobs whose plan index is `index` modulo `count`.
@@ -109,7 +118,10 @@ impl Job {
 
     /// The configuration (dataset × policy × budget) the job belongs to.
     fn config(&self, plan: &Plan) -> String {
-        format!("{} {} {}", self.dataset, plan.policies[self.policy], budget_label(self.budget.as_ref()))
+        match &self.budget {
+            Some(b) => format!("{} {} {}", self.dataset, plan.policies[self.policy], budget_label(Some(b))),
+            None => format!("{} {}", self.dataset, plan.policies[self.policy]),
+        }
     }
 }
 
@@ -296,7 +308,7 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     pub source: ModelSource,
     pub load: LoadOptions,
-    /// Worker threads, each decoding one sequence at a time.
+    /// Worker threads, each decoding one group of `plan.batch` samples at a time.
     pub threads: usize,
     pub shard: Option<Shard>,
 }
@@ -305,16 +317,20 @@ pub struct RunConfig {
 /// (run now, already done).
 pub fn run(plan: &Plan, jobs: Vec<Job>, cfg: &RunConfig) -> Result<(usize, usize)> {
     let out = &cfg.out;
-    let jobs = match cfg.shard {
-        Some(shard) => shard.select(jobs),
-        None => jobs,
+    let groups: Vec<Vec<Job>> = jobs.chunks(plan.batch.max(1)).map(|g| g.to_vec()).collect();
+    let groups = match cfg.shard {
+        Some(shard) => shard.select(groups),
+        None => groups,
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     check_manifest(out, plan, cfg.shard)?;
     let samples_path = out.join("samples.jsonl");
     let finished = read_samples(&samples_path)?;
-    let done: HashSet<&str> = finished.iter().map(|r| r.key.as_str()).collect();
-    let (todo, skipped): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !done.contains(j.key(plan).as_str()));
+    let done: HashSet<String> = finished.iter().map(|r| r.key.clone()).collect();
+    let is_done = |j: &Job| done.contains(&j.key(plan));
+    let (todo, skipped): (Vec<&Job>, Vec<&Job>) = groups.iter().flatten().partition(|j| !is_done(j));
+    // A group with anything left runs whole, so every sample keeps its batch-mates.
+    let todo_groups: Vec<&Vec<Job>> = groups.iter().filter(|g| g.iter().any(|j| !is_done(j))).collect();
     let lm = load::load(&cfg.source, &cfg.load)?;
     let specs = specs(plan)?;
     check_prompts_fit(&lm, plan, &specs, &todo)?;
@@ -322,23 +338,48 @@ pub fn run(plan: &Plan, jobs: Vec<Job>, cfg: &RunConfig) -> Result<(usize, usize
     let resources = PolicyResources::new(&lm, plan.predictor.as_deref())?;
     let file = OpenOptions::new().create(true).append(true).open(&samples_path)?;
     let writer = Mutex::new(file);
-    let queue = Mutex::new(todo.iter());
+    let queue = Mutex::new(todo_groups.into_iter());
     let progress = Progress::new(plan, &todo, &skipped, &finished);
     let failed = AtomicBool::new(false);
     let work = || -> Result<()> {
+        let fail = |e: anyhow::Error| {
+            failed.store(true, Ordering::Relaxed);
+            e
+        };
         while !failed.load(Ordering::Relaxed) {
-            let Some(job) = queue.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?.next() else { break };
-            progress.started(plan, job);
-            let record =
-                run_job(&lm, &resources, &specs, plan, job).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
-            let mut line = serde_json::to_string(&record)?;
-            line.push('\n');
-            {
-                let mut f = writer.lock().map_err(|_| anyhow::anyhow!("writer poisoned"))?;
-                f.write_all(line.as_bytes())?;
-                f.flush()?;
+            let Some(group) = queue.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?.next() else { break };
+            let mut states = Vec::with_capacity(group.len());
+            for job in group {
+                if !is_done(job) {
+                    progress.started(plan, job);
+                }
+                states.push(Some(start_job(&lm, &resources, &specs, plan, job).map_err(fail)?));
             }
-            progress.finished(plan, job, &record);
+            loop {
+                // Each sample is written the moment it finishes, so a kill loses little.
+                for (job, slot) in group.iter().zip(states.iter_mut()) {
+                    if slot.as_ref().is_some_and(|s| s.finished()) {
+                        let state = slot.take().expect("checked above");
+                        if is_done(job) {
+                            continue;
+                        }
+                        let record = finish_job(&lm, &specs, plan, job, state).map_err(fail)?;
+                        let mut line = serde_json::to_string(&record)?;
+                        line.push('\n');
+                        {
+                            let mut f = writer.lock().map_err(|_| anyhow::anyhow!("writer poisoned"))?;
+                            f.write_all(line.as_bytes())?;
+                            f.flush()?;
+                        }
+                        progress.finished(plan, job, &record);
+                    }
+                }
+                let mut live: Vec<&mut SampleState> = states.iter_mut().flatten().collect();
+                if live.is_empty() {
+                    break;
+                }
+                decode_batch(&lm, &mut live).map_err(fail)?;
+            }
         }
         Ok(())
     };
@@ -383,7 +424,7 @@ struct ConfigProgress {
 }
 
 impl Progress {
-    fn new(plan: &Plan, todo: &[Job], skipped: &[Job], finished: &[SampleRecord]) -> Self {
+    fn new(plan: &Plan, todo: &[&Job], skipped: &[&Job], finished: &[SampleRecord]) -> Self {
         let mut configs: HashMap<String, ConfigProgress> = HashMap::new();
         let correct: HashMap<&str, bool> = finished.iter().map(|r| (r.key.as_str(), r.correct)).collect();
         for job in todo {
@@ -451,7 +492,7 @@ impl Progress {
 
 /// Policies that never evict the prompt need B above every prompt: checked for the whole plan
 /// once the tokenizer is loaded, before any decoding.
-fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: &[Job]) -> Result<()> {
+fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: &[&Job]) -> Result<()> {
     let mut seen = HashSet::new();
     for job in jobs.iter().filter(|j| specs[j.policy].protects_prompt()) {
         let Some(budget) = job.budget else { continue };
@@ -471,13 +512,14 @@ fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: 
     Ok(())
 }
 
-fn run_job(
+/// Prefills a job's prompt under its policy and draws the first token.
+fn start_job(
     lm: &LoadedModel,
     res: &PolicyResources,
     specs: &[PolicySpec],
     plan: &Plan,
     job: &Job,
-) -> Result<SampleRecord> {
+) -> Result<SampleState> {
     let spec = &specs[job.policy];
     let budget = job.budget.unwrap_or(Budget { budget: usize::MAX / 4, window: 0, ratio: 1.0 });
     let prompt = render_prompt(lm, plan, &job.question)?;
@@ -491,8 +533,20 @@ fn run_job(
     let dataset_hash =
         job.dataset.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let rng = Rng::derive(plan.seed, &[dataset_hash, job.question.index as u64, job.sample as u64]);
-    let out = run_sample(lm, res, spec, &budget, &prompt, &params, rng, None)
-        .with_context(|| format!("sample {}", job.key(plan)))?;
+    start_sample(lm, res, spec, &budget, &prompt, &params, rng, None)
+        .with_context(|| format!("sample {}", job.key(plan)))
+}
+
+/// Grades a finished job into its `samples.jsonl` record.
+fn finish_job(
+    lm: &LoadedModel,
+    specs: &[PolicySpec],
+    plan: &Plan,
+    job: &Job,
+    state: SampleState,
+) -> Result<SampleRecord> {
+    let spec = &specs[job.policy];
+    let out = state.finish();
     let g = &out.generation;
     let shown = match g.tokens.last() {
         Some(t) if lm.eos_token_ids.contains(t) => &g.tokens[..g.tokens.len() - 1],

@@ -1,6 +1,8 @@
 //! A sweep killed with SIGKILL at random moments and resumed ends with the same samples and the
-//! same summary (timing columns excepted) as an uninterrupted run; a folder written by another
-//! plan is refused; a torn last line is repaired. Uses a tiny random model so it runs in seconds.
+//! same summary (timing columns excepted) as an uninterrupted run, and so do three shards merged;
+//! a folder written by another plan is refused; a torn last line is repaired. Samples are decoded
+//! in groups of three (`--batch 3`), so resumption re-forms partly finished groups. Uses a tiny
+//! random model so it runs in seconds.
 
 mod common;
 
@@ -44,6 +46,8 @@ fn args<'a>(model: &'a Path, data: &'a Path, out: &'a Path, budget: &'a str) -> 
         "2",
         "--max-new-tokens",
         "48",
+        "--batch",
+        "3",
         "--out",
         out.to_str().unwrap(),
     ]
@@ -216,7 +220,8 @@ fn three_shards_merged_equal_an_uninterrupted_run() {
     }
     let dirs: Vec<String> = (0..3).map(|i| out.join(format!("shard-{i}-of-3")).display().to_string()).collect();
     let sizes: Vec<usize> = dirs.iter().map(|d| samples(Path::new(d)).len()).collect();
-    assert_eq!(sizes, vec![16, 16, 16], "shards split the 48 samples evenly");
+    // 48 samples in 16 groups of 3 (the batch): shards take whole groups, 6 + 5 + 5.
+    assert_eq!(sizes, vec![18, 15, 15]);
     let merged = root.join("merged");
     let merge = |dirs: &[&str], into: &Path| {
         let mut a = vec!["merge"];
