@@ -37,6 +37,31 @@ pub enum Command {
     /// Re-grade a JSONL of {prediction, reference, dataset} records (any tool's outputs) and write
     /// each verdict with its reason.
     Grade(GradeArgs),
+    /// Draw a run's figures from its summary.csv alone, each as PNG and SVG: <stem>summary (accuracy
+    /// per policy at one budget, with the peak KV cache length), <stem>budget (accuracy against the
+    /// budget) and <stem>datasets (one panel per dataset).
+    Plot(PlotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The summary CSV of a run (results/<run>/summary.csv).
+    pub summary: PathBuf,
+    /// Output folder (default: plots/<run>, after the CSV's folder; plots/ for a bare file name).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// B of the summary and per-dataset figures (5000, 5k, 4.5k); needed when the CSV holds several.
+    #[arg(long)]
+    pub budget: Option<String>,
+    /// File-name prefix: <out>/<stem>summary.png, <stem>summary.svg, ...
+    #[arg(long, default_value = "")]
+    pub stem: String,
+    /// A title above every figure.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The proposed method: drawn in red, labelled in bold.
+    #[arg(long, default_value = "dynts")]
+    pub highlight: String,
 }
 
 /// `kvbench run`. Flags left out take the experiment file's value, else the default shown.

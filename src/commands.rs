@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 
 use crate::chat::ChatMessage;
-use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, MergeArgs, PoliciesArgs, RunArgs};
+use crate::cli::{Cli, Command, GenerateArgs, GradeArgs, MergeArgs, PlotArgs, PoliciesArgs, RunArgs};
 use crate::generate::GenerateParams;
 use crate::model::load;
 use crate::policies::registry::{self, PolicySpec};
@@ -21,7 +21,26 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Grade(args) => cmd_grade(args),
         Command::Run(args) => cmd_run(*args),
         Command::Merge(args) => cmd_merge(args),
+        Command::Plot(args) => cmd_plot(args),
     }
+}
+
+fn cmd_plot(args: PlotArgs) -> Result<u8> {
+    let budget = args.budget.as_deref().map(crate::policies::parse_tokens).transpose().context("--budget")?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        // results/<run>/summary.csv → plots/<run>
+        match args.summary.parent().and_then(|p| p.file_name()) {
+            Some(run) => std::path::Path::new("plots").join(run),
+            None => "plots".into(),
+        }
+    });
+    let opts = crate::plot::PlotOptions { budget, title: args.title, stem: args.stem, highlight: args.highlight };
+    let written = crate::plot::render(&args.summary, &out, &opts)?;
+    let mut stdout = std::io::stdout().lock();
+    for path in written {
+        writeln!(stdout, "{}", path.display())?;
+    }
+    Ok(0)
 }
 
 fn cmd_run(args: RunArgs) -> Result<u8> {

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod grading;
 pub mod model;
 pub mod observe;
+pub mod plot;
 pub mod policies;
 pub mod results;
 pub mod runner;
