@@ -19,6 +19,11 @@ build:
 demo: fetch-test-model build
     target/release/kvbench generate --model {{test_model}} --prompt "Explain in three sentences why the sky is blue." --max-new-tokens 96
 
+# The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, seven policies, then its figures.
+smollm2-cpu: fetch-test-model build
+    target/release/kvbench run --experiment experiments/smollm2-cpu.toml --data-dir {{data_dir}}
+    target/release/kvbench plot results/smollm2-cpu/summary.csv
+
 # Run every test (the test model is fetched first; tests that need it fail without it).
 test: fetch-test-model
     KVBENCH_REQUIRE_TEST_MODEL=1 KVBENCH_DATA_DIR={{data_dir}} cargo test --release

@@ -4,21 +4,24 @@
 use anyhow::Result;
 
 use super::canvas::{measure, pt, HAlign, Marker, Rgb, Scene, TextStyle, VAlign};
-use super::{fmt_tokens, mean_of, PlotOptions, PolicyLabel, Row};
+use super::{fmt_tokens, mean_of, BudgetChoice, PlotOptions, PolicyLabel, Row};
 
 /// What every figure draws from.
 pub struct Data<'a> {
     pub rows: &'a [Row],
     pub policies: &'a [PolicyLabel],
-    /// B of the summary and per-dataset figures; `None` when the CSV holds the full cache alone.
-    pub budget: Option<usize>,
+    /// The rows of the summary and per-dataset figures.
+    pub budget: BudgetChoice,
     pub opts: &'a PlotOptions,
 }
 
 impl Data<'_> {
     /// Rows at the chosen budget, the full cache (budget 0) included.
     fn at_budget(&self, r: &Row) -> bool {
-        r.budget == 0 || Some(r.budget) == self.budget
+        match self.budget {
+            BudgetChoice::One(b) => r.budget == 0 || r.budget == b,
+            BudgetChoice::PerDataset | BudgetChoice::FullOnly => true,
+        }
     }
 
     fn is_highlight(&self, policy: &str) -> bool {
@@ -108,6 +111,9 @@ fn bar_fill(d: &Data, policy: &str) -> Rgb {
         LIGHT
     }
 }
+
+/// The lowest top of an accuracy axis, in %.
+const MIN_ACCURACY_TOP: f64 = 10.0;
 
 /// A tick step of 1, 2, 2.5 or 5 × 10ⁿ giving about `target` intervals up to `hi`, and the axis top
 /// (a multiple of the step at or above `hi`).
@@ -241,7 +247,8 @@ impl BarChart<'_> {
         let axis_title = TextStyle::new(sz.axis_title).bold(true);
         let title_style = TextStyle::new(sz.title).bold(true);
 
-        let vmax = self.vmax.unwrap_or_else(|| self.bars.iter().map(|b| b.value).fold(0.0, f64::max));
+        // Accuracy axes reach at least 10 %, so a run of zeros still reads as percentages.
+        let vmax = self.vmax.unwrap_or_else(|| self.bars.iter().map(|b| b.value).fold(MIN_ACCURACY_TOP, f64::max));
         let (ytop, ystep) = nice_axis(vmax * 1.1, 7);
         let ylabels = ticks(ytop, ystep).into_iter().map(|v| fmt_tick(v, ystep)).collect::<Vec<_>>();
         let ylab_w = max_width(ylabels.iter().map(|t| (t, tick)))?;
@@ -459,8 +466,8 @@ pub fn by_dataset(d: &Data) -> Result<Scene> {
     let height = (title_space + rows as f64 * panel_h + margin).round() as u32;
     let mut s = Scene::new(width, height);
     let default_title = match d.budget {
-        Some(b) => format!("Accuracy per dataset, B = {}", fmt_tokens(b)),
-        None => "Accuracy per dataset".to_string(),
+        BudgetChoice::One(b) => format!("Accuracy per dataset, B = {}", fmt_tokens(b)),
+        BudgetChoice::PerDataset | BudgetChoice::FullOnly => "Accuracy per dataset".to_string(),
     };
     let top = figure_title(&mut s, Some(d.opts.title.as_deref().unwrap_or(&default_title)), LARGE)?;
     let row_h = (height as f64 - top - margin) / rows as f64;
@@ -468,7 +475,7 @@ pub fn by_dataset(d: &Data) -> Result<Scene> {
         .iter()
         .map(|dataset| bars(d, &d.rows.iter().filter(|r| r.dataset == *dataset).cloned().collect::<Vec<_>>()))
         .collect();
-    let vmax = panels.iter().flatten().map(|b| b.value).fold(0.0, f64::max);
+    let vmax = panels.iter().flatten().map(|b| b.value).fold(MIN_ACCURACY_TOP, f64::max);
     for (i, (dataset, bars)) in datasets.iter().zip(&panels).enumerate() {
         let (r, c) = (i / cols, i % cols);
         let chart = BarChart {
@@ -554,7 +561,8 @@ pub fn by_budget(d: &Data) -> Result<Scene> {
     let (_, cap) = measure("0", &tick)?;
     let axis_title = TextStyle::new(sz.axis_title).bold(true);
     let (tl, pad) = (pt(sz.tick_len), pt(3.5));
-    let amax = series.iter().flat_map(|e| e.points.iter().map(|p| p.1).chain(e.reference)).fold(0.0, f64::max);
+    let amax =
+        series.iter().flat_map(|e| e.points.iter().map(|p| p.1).chain(e.reference)).fold(MIN_ACCURACY_TOP, f64::max);
     let (ytop, ystep) = nice_axis(amax * 1.1, 7);
     let ylab_w = max_width(ticks(ytop, ystep).into_iter().map(|v| (fmt_tick(v, ystep), tick)))?;
     let left = pt(4.0) + turned_title_width(&axis_title)? + pad + ylab_w + pad + tl;

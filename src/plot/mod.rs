@@ -17,7 +17,7 @@
 mod canvas;
 mod figures;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -132,9 +132,20 @@ pub fn budgets(rows: &[Row]) -> Vec<usize> {
     rows.iter().map(|r| r.budget).filter(|&b| b > 0).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// The budget of the summary and per-dataset figures: the asked one, which must be in the CSV, else
-/// the only one; `None` when the CSV holds the full cache alone.
-pub fn choose_budget(rows: &[Row], asked: Option<usize>, csv: &Path) -> Result<Option<usize>> {
+/// Which rows the summary and per-dataset figures show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetChoice {
+    /// One B everywhere.
+    One(usize),
+    /// Each model × dataset at its own single B (the DynTS figure: B = 5k on AIME, 3k on MATH-500).
+    PerDataset,
+    /// The CSV holds the full cache alone.
+    FullOnly,
+}
+
+/// The asked budget, which must be in the CSV; else the only one; else each dataset's own when every
+/// model × dataset has exactly one.
+pub fn choose_budget(rows: &[Row], asked: Option<usize>, csv: &Path) -> Result<BudgetChoice> {
     let all = budgets(rows);
     let list = || {
         if all.is_empty() {
@@ -143,11 +154,16 @@ pub fn choose_budget(rows: &[Row], asked: Option<usize>, csv: &Path) -> Result<O
             all.iter().map(|&b| fmt_tokens(b)).collect::<Vec<_>>().join(", ")
         }
     };
+    let mut per_dataset: BTreeMap<(&str, &str), BTreeSet<usize>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.budget > 0) {
+        per_dataset.entry((&r.model, &r.dataset)).or_default().insert(r.budget);
+    }
     match (asked, all.as_slice()) {
-        (Some(b), _) if all.contains(&b) => Ok(Some(b)),
+        (Some(b), _) if all.contains(&b) => Ok(BudgetChoice::One(b)),
         (Some(b), _) => bail!("budget {} is not in {} (its budgets: {})", fmt_tokens(b), csv.display(), list()),
-        (None, []) => Ok(None),
-        (None, [b]) => Ok(Some(*b)),
+        (None, []) => Ok(BudgetChoice::FullOnly),
+        (None, [b]) => Ok(BudgetChoice::One(*b)),
+        (None, _) if per_dataset.values().all(|bs| bs.len() == 1) => Ok(BudgetChoice::PerDataset),
         (None, _) => {
             bail!("{} holds several budgets ({}); choose one for the summary (--budget)", csv.display(), list())
         }
@@ -244,14 +260,23 @@ mod tests {
     fn budget_choice() {
         let p = Path::new("s.csv");
         let one = [row("full", 0), row("h2o", 256)];
-        assert_eq!(choose_budget(&one, None, p).unwrap(), Some(256));
+        assert_eq!(choose_budget(&one, None, p).unwrap(), BudgetChoice::One(256));
         let two = [row("full", 0), row("h2o", 256), row("h2o", 512)];
-        assert_eq!(choose_budget(&two, Some(512), p).unwrap(), Some(512));
+        assert_eq!(choose_budget(&two, Some(512), p).unwrap(), BudgetChoice::One(512));
         let e = choose_budget(&two, None, p).unwrap_err().to_string();
         assert!(e.contains("256, 512"), "{e}");
         let e = choose_budget(&two, Some(5000), p).unwrap_err().to_string();
         assert!(e.contains("5k") && e.contains("256, 512"), "{e}");
-        assert_eq!(choose_budget(&[row("full", 0)], None, p).unwrap(), None);
+        assert_eq!(choose_budget(&[row("full", 0)], None, p).unwrap(), BudgetChoice::FullOnly);
+        // The figure's setup: each dataset at its own single budget.
+        let mut math = row("h2o", 3000);
+        math.dataset = "math500".into();
+        let per_dataset = [row("full", 0), row("h2o", 5000), math.clone()];
+        assert_eq!(choose_budget(&per_dataset, None, p).unwrap(), BudgetChoice::PerDataset);
+        let mut math2 = math;
+        math2.budget = 4000;
+        let e = choose_budget(&[row("h2o", 5000), row("h2o", 3000), math2], None, p).unwrap_err().to_string();
+        assert!(e.contains("several budgets"), "{e}");
     }
 
     #[test]
