@@ -132,7 +132,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Samples decoded together, stacked into one forward per step: consecutive jobs of the plan
-    /// form fixed groups (part of the plan, since stacking rounds differently) [default: 1].
+    /// form fixed groups (part of the plan, since stacking rounds differently) [default: 4].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Prompt tokens per prefill forward pass [default: 512].
