@@ -27,7 +27,8 @@ test: fetch-test-model
 build-cuda *ARGS:
     scripts/build-cuda.sh {{ARGS}}
 
-# Decode throughput against the memory roofline on a GPU (R1-Distill-Qwen-1.5B shape, random weights).
+# Decode throughput against the memory roofline on a GPU (R1-Distill-Qwen-1.5B shape, random weights);
+# CUDA 13 libraries on LD_LIBRARY_PATH (bench/gpu-run.sh finds them on a device image). bench/gpu-results.md.
 bench-gpu *ARGS: (build-cuda "--example" "gpu_decode")
     target-cuda/release/examples/gpu_decode --check --policy streamingllm,snapkv --policy-steps 600 {{ARGS}}
 

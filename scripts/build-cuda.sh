@@ -12,6 +12,9 @@
 # The wheels carry no libcuda (it comes with the driver), so a stub exporting the driver API names
 # cudarc calls is generated for the link only, as the toolkit's own lib/stubs/libcuda.so is.
 #
+# The first build compiles candle-kernels' quantized (mmq/moe) kernels to sm_90a cubins: over an hour
+# on 2 busy cores. Later builds reuse target-cuda/ (an example alone: seconds).
+#
 # Env: CUDA_COMPUTE_CAP (default 90, H100/H200), CARGO_TARGET_DIR (default target-cuda, kept apart
 # from the CPU build so the two never rebuild each other), KVBENCH_CUDA_DIR.
 set -euo pipefail
