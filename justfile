@@ -28,9 +28,14 @@ smollm2-cpu: fetch-test-model build
 test: fetch-test-model
     KVBENCH_REQUIRE_TEST_MODEL=1 KVBENCH_DATA_DIR={{data_dir}} cargo test --release
 
-# Build with CUDA (needs nvcc; `python3 -m pip install nvidia-cuda-nvcc-cu12` provides one).
-build-cuda:
-    cargo build --release --features cuda
+# Build with CUDA into target-cuda/ (nvcc from PATH, else CUDA 13.0 wheels from PyPI; see the script).
+build-cuda *ARGS:
+    scripts/build-cuda.sh {{ARGS}}
+
+# Decode throughput against the memory roofline on a GPU (R1-Distill-Qwen-1.5B shape, random weights);
+# CUDA 13 libraries on LD_LIBRARY_PATH (bench/gpu-run.sh finds them on a device image). bench/gpu-results.md.
+bench-gpu *ARGS: (build-cuda "--example" "gpu_decode")
+    target-cuda/release/examples/gpu_decode --check --policy streamingllm,snapkv --policy-steps 600 {{ARGS}}
 
 # Regenerate the HF transformers reference tokens (needs the Python environment of scripts/reference).
 reference: fetch-test-model

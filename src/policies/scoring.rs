@@ -19,7 +19,8 @@ impl StepAttention {
     /// Adds one layer's probabilities `[kv_heads, groups, t, len]`.
     pub fn add(&mut self, view: &AttentionView<'_>) -> Result<()> {
         let (kv, g, t, len) = view.probs.dims4()?;
-        let layer_sum = view.probs.reshape((kv * g * t, len))?.sum(0)?.to_dtype(DType::F32)?;
+        // f32 before the sum: candle's CUDA sum of a bf16 tensor accumulates in bf16.
+        let layer_sum = view.probs.reshape((kv * g * t, len))?.to_dtype(DType::F32)?.sum(0)?;
         self.sum = Some(match self.sum.take() {
             Some(s) => (s + layer_sum)?,
             None => layer_sum,
@@ -48,7 +49,8 @@ fn key(x: f32) -> f32 {
 }
 
 /// Indices of the `k` largest scores, in increasing index order. Ties: the earlier index wins
-/// (the question before the answer under DynTS's +∞ scores). NaN counts as −∞.
+/// (the question before the answer under DynTS's +∞ scores). NaN counts as −∞. On the host, after
+/// one copy of the scores: candle's device `arg_sort_last_dim` fails beyond 8192 columns on CUDA.
 pub fn top_k_sorted(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| key(scores[b]).total_cmp(&key(scores[a])).then(a.cmp(&b)));
@@ -123,6 +125,37 @@ mod tests {
         assert_eq!(top_k_sorted(&s, 0), Vec::<usize>::new());
         assert_eq!(top_k_sorted(&s, 99).len(), 7);
         assert_eq!(bottom_k_sorted(&s, 2), vec![0, 5]);
+    }
+
+    #[test]
+    fn top_k_is_exact_beyond_8192_slots() {
+        // 3·8192 + 17 slots: past the column limit of candle's CUDA arg sort. Scores repeat every
+        // 1000 slots (ties across the whole range), with NaNs and +∞ sprinkled in.
+        let n = 3 * 8192 + 17;
+        let s: Vec<f32> = (0..n)
+            .map(|i| match i % 997 {
+                0 => f32::NAN,
+                13 => f32::INFINITY,
+                _ => ((i * 7919) % 1000) as f32,
+            })
+            .collect();
+        for k in [0, 1, 30, 8192, 8193, 20_000, n] {
+            let got = top_k_sorted(&s, k);
+            assert_eq!(got.len(), k);
+            assert!(got.windows(2).all(|w| w[0] < w[1]));
+            // Every kept slot beats or ties every dropped one, and a tie keeps the earlier slot.
+            let kept: std::collections::HashSet<usize> = got.iter().copied().collect();
+            let worst_kept = got.iter().map(|&i| (key(s[i]), i)).min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+            if let Some((v, i)) = worst_kept {
+                for j in (0..n).filter(|j| !kept.contains(j)) {
+                    let d = key(s[j]);
+                    assert!(d < v || (d == v && j > i), "dropped {j} ({d}) over kept {i} ({v}), k = {k}");
+                }
+            }
+        }
+        let low = bottom_k_sorted(&s, 9000);
+        assert_eq!(low.len(), 9000);
+        assert!((0..n).step_by(997).all(|i| low.binary_search(&i).is_ok()), "NaN slots count as the smallest");
     }
 
     #[test]
