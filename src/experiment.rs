@@ -185,7 +185,8 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         }
     }
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
-    let (threads, batch) = (args.threads.or(exp.threads).unwrap_or(2), args.batch.or(exp.batch).unwrap_or(DEFAULT_BATCH));
+    let (threads, batch) =
+        (args.threads.or(exp.threads).unwrap_or(2), args.batch.or(exp.batch).unwrap_or(DEFAULT_BATCH));
     if threads == 0 || batch == 0 {
         bail!("--threads and --batch must be at least 1");
     }
