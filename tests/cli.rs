@@ -14,15 +14,6 @@ fn kvbench(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn assert_usage_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
-    }
-}
-
 #[test]
 fn help_describes_generate_options() {
     let out = kvbench(&["generate", "--help"], &[]);
@@ -48,13 +39,13 @@ fn help_describes_generate_options() {
 #[test]
 fn missing_model_file() {
     let out = kvbench(&["generate", "--model", "/no/such/model.gguf", "--prompt", "hi"], &[]);
-    assert_usage_error(&out, &["/no/such/model.gguf", "not found"]);
+    common::assert_usage_error(&out, &["/no/such/model.gguf", "not found"]);
 }
 
 #[test]
 fn empty_prompt() {
     let out = kvbench(&["generate", "--prompt", "   "], &[]);
-    assert_usage_error(&out, &["prompt is empty"]);
+    common::assert_usage_error(&out, &["prompt is empty"]);
 }
 
 #[test]
@@ -63,7 +54,7 @@ fn garbage_gguf() {
     let f = dir.join("bad.gguf");
     std::fs::write(&f, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     let out = kvbench(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"], &[]);
-    assert_usage_error(&out, &["bad.gguf", "not a readable GGUF"]);
+    common::assert_usage_error(&out, &["bad.gguf", "not a readable GGUF"]);
 }
 
 #[test]
@@ -74,7 +65,7 @@ fn truncated_gguf() {
     let bytes = std::fs::read(model).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
     let out = kvbench(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"], &[]);
-    assert_usage_error(&out, &["truncated.gguf", "truncated"]);
+    common::assert_usage_error(&out, &["truncated.gguf", "truncated"]);
 }
 
 #[test]
@@ -88,15 +79,15 @@ fn unsupported_architecture() {
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
     std::fs::write(dir.join("model.safetensors"), "").unwrap();
     let out = kvbench(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], &[]);
-    assert_usage_error(&out, &["unsupported architecture 'mistral'", "config.json"]);
+    common::assert_usage_error(&out, &["unsupported architecture 'mistral'", "config.json"]);
 }
 
 #[test]
 fn bad_flags() {
     let out = kvbench(&["generate", "--prompt", "hi", "--top-p", "1.5"], &[]);
-    assert_usage_error(&out, &["--top-p"]);
+    common::assert_usage_error(&out, &["--top-p"]);
     let out = kvbench(&["generate", "--prompt", "hi", "--device", "tpu"], &[]);
-    assert_usage_error(&out, &["--device"]);
+    common::assert_usage_error(&out, &["--device"]);
     let out = kvbench(&["generate", "--prompt", "hi", "--max-new-tokens", "lots"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }

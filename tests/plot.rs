@@ -1,5 +1,7 @@
 //! `kvbench plot`: figures from a handcrafted summary CSV, through the library and the binary.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -59,15 +61,6 @@ fn summary_csv(dir: &Path, budgets: &[usize]) -> PathBuf {
 
 fn kvbench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().unwrap()
-}
-
-fn assert_usage_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
-    }
 }
 
 /// Width, height and RGB pixels of a PNG.
@@ -200,11 +193,11 @@ fn the_budget_must_be_one_of_the_csv() {
     let csv = summary_csv(&dir, &[256, 512]);
     let out_dir = dir.join("plots");
     let out = kvbench(&["plot", csv.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
-    assert_usage_error(&out, &["several budgets", "256, 512", "--budget"]);
+    common::assert_usage_error(&out, &["several budgets", "256, 512", "--budget"]);
     let out = kvbench(&["plot", csv.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--budget", "5k"]);
-    assert_usage_error(&out, &["budget 5k is not in", "summary.csv", "256, 512"]);
+    common::assert_usage_error(&out, &["budget 5k is not in", "summary.csv", "256, 512"]);
     let out = kvbench(&["plot", csv.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--budget", "lots"]);
-    assert_usage_error(&out, &["--budget", "lots"]);
+    common::assert_usage_error(&out, &["--budget", "lots"]);
     // Nothing written, not even the folder.
     assert!(!out_dir.exists());
 }
@@ -216,7 +209,7 @@ fn bad_csvs_name_the_culprit() {
     let plot = |csv: &Path| kvbench(&["plot", csv.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
 
     let missing = dir.join("no-such.csv");
-    assert_usage_error(&plot(&missing), &["no-such.csv"]);
+    common::assert_usage_error(&plot(&missing), &["no-such.csv"]);
 
     let no_accuracy = dir.join("no-accuracy.csv");
     let text = std::fs::read_to_string(summary_csv(&dir, &[256])).unwrap();
@@ -229,14 +222,14 @@ fn bad_csvs_name_the_culprit() {
         })
         .collect();
     std::fs::write(&no_accuracy, cut.join("\n")).unwrap();
-    assert_usage_error(&plot(&no_accuracy), &["no-accuracy.csv", "missing column 'accuracy'"]);
+    common::assert_usage_error(&plot(&no_accuracy), &["no-accuracy.csv", "missing column 'accuracy'"]);
 
     let empty = dir.join("empty.csv");
     std::fs::write(&empty, "").unwrap();
-    assert_usage_error(&plot(&empty), &["empty.csv", "empty"]);
+    common::assert_usage_error(&plot(&empty), &["empty.csv", "empty"]);
     let header_only = dir.join("header-only.csv");
     std::fs::write(&header_only, format!("{HEADER}\n")).unwrap();
-    assert_usage_error(&plot(&header_only), &["header-only.csv", "no results"]);
+    common::assert_usage_error(&plot(&header_only), &["header-only.csv", "no results"]);
 
     let bad_cell = dir.join("bad-cell.csv");
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -245,17 +238,17 @@ fn bad_csvs_name_the_culprit() {
     cells[8] = "n/a";
     lines[3] = cells.join(",");
     std::fs::write(&bad_cell, lines.join("\n")).unwrap();
-    assert_usage_error(&plot(&bad_cell), &["bad-cell.csv:4", "column 'accuracy'", "'n/a' is not a number"]);
+    common::assert_usage_error(&plot(&bad_cell), &["bad-cell.csv:4", "column 'accuracy'", "'n/a' is not a number"]);
 
     let bad_budget = dir.join("bad-budget.csv");
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     lines[2] = lines[2].replacen(",256,", ",-1,", 1);
     std::fs::write(&bad_budget, lines.join("\n")).unwrap();
-    assert_usage_error(&plot(&bad_budget), &["bad-budget.csv:3", "column 'budget'", "'-1'"]);
+    common::assert_usage_error(&plot(&bad_budget), &["bad-budget.csv:3", "column 'budget'", "'-1'"]);
 
     let ragged = dir.join("ragged.csv");
     std::fs::write(&ragged, format!("{HEADER}\nm,gsm8k,full,0\n")).unwrap();
-    assert_usage_error(&plot(&ragged), &["ragged.csv"]);
+    common::assert_usage_error(&plot(&ragged), &["ragged.csv"]);
 
     assert!(!out_dir.exists(), "a failed plot wrote files");
 }

@@ -352,10 +352,7 @@ impl Scene {
         for shape in &self.shapes {
             match shape {
                 Shape::Rect { x0, y0, x1, y1, fill } => {
-                    let ul = (x0.round() as i32, y0.round() as i32);
-                    let br = (x1.round() as i32, y1.round() as i32);
-                    // At least one pixel, so that thin edges never vanish.
-                    let br = (br.0.max(ul.0 + 1), br.1.max(ul.1 + 1));
+                    let (ul, br) = pixel_rect(*x0, *y0, *x1, *y1);
                     db.draw_rect(ul, br, &fill.style(1), true).map_err(draw_err)?;
                 }
                 Shape::Line { points, color, width } => {
@@ -427,9 +424,7 @@ impl Scene {
         for shape in &self.shapes {
             match shape {
                 Shape::Rect { x0, y0, x1, y1, fill } => {
-                    let ul = (x0.round() as i32, y0.round() as i32);
-                    let br = (x1.round() as i32, y1.round() as i32);
-                    let br = (br.0.max(ul.0 + 1), br.1.max(ul.1 + 1));
+                    let (ul, br) = pixel_rect(*x0, *y0, *x1, *y1);
                     db.draw_rect(ul, br, &fill.style(1), true).map_err(draw_err)?;
                 }
                 Shape::Line { points, color, width } => {
@@ -578,6 +573,13 @@ fn draw_text_bitmap<DB: DrawingBackend>(db: &mut DB, font: &FontRef<'_>, t: &Tex
     let mut cov = vec![0f32; w * h];
     r.for_each_pixel(|i, c| cov[i] = c.min(1.0));
     blend(db, (bx as i32, by as i32, w, h, cov), t.style.color)
+}
+
+/// A rectangle's pixel corners, at least one pixel wide and high so thin edges never vanish.
+fn pixel_rect(x0: f64, y0: f64, x1: f64, y1: f64) -> ((i32, i32), (i32, i32)) {
+    let ul = (x0.round() as i32, y0.round() as i32);
+    let br = (x1.round() as i32, y1.round() as i32);
+    (ul, (br.0.max(ul.0 + 1), br.1.max(ul.1 + 1)))
 }
 
 #[cfg(test)]

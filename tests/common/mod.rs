@@ -165,3 +165,13 @@ pub fn write_model(dir: &Path) -> std::collections::HashMap<String, Tensor> {
     .unwrap();
     weights
 }
+
+/// A command that failed as a user error must: exit 2, not panic, and name every needle.
+pub fn assert_usage_error(out: &std::process::Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
