@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const DEFINITIONS: [(&str, &str); 8] = [
+const DEFINITIONS: [(&str, &str); 9] = [
     ("gsm8k", include_str!("../datasets/gsm8k.toml")),
     ("math500", include_str!("../datasets/math500.toml")),
     ("aime24", include_str!("../datasets/aime24.toml")),
@@ -18,6 +18,7 @@ const DEFINITIONS: [(&str, &str); 8] = [
     ("gaokao2023en", include_str!("../datasets/gaokao2023en.toml")),
     ("gpqa_diamond", include_str!("../datasets/gpqa_diamond.toml")),
     ("math", include_str!("../datasets/math.toml")),
+    ("synthetic-chain", include_str!("../datasets/synthetic-chain.toml")),
 ];
 
 /// How the answer field encodes the reference answer.
@@ -43,8 +44,12 @@ pub enum AnswerFormat {
 pub struct DatasetDef {
     pub name: String,
     pub description: String,
-    /// Path of the JSONL file under the data folder.
+    /// Path of the JSONL file under the data folder (empty for generated sets).
+    #[serde(default)]
     pub file: String,
+    /// A set kvbench generates itself from a seed (no file).
+    #[serde(default)]
+    pub generator: Option<crate::synthetic::ChainParams>,
     /// Field names tried in order for the question text.
     pub question_fields: Vec<String>,
     pub answer_field: String,
@@ -129,6 +134,10 @@ impl DatasetDef {
 
     /// Loads every row, checking fields; errors name the file and the 1-based line.
     pub fn load(&self, data_dir: &Path) -> Result<Vec<Question>> {
+        if let Some(params) = &self.generator {
+            params.validate().with_context(|| format!("dataset {}", self.name))?;
+            return Ok(crate::synthetic::questions(params));
+        }
         let path = self.resolve_file(data_dir)?;
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut out = Vec::new();
@@ -166,8 +175,16 @@ impl DatasetDef {
         Ok(out)
     }
 
-    /// SHA-256 of the file the rows came from (provenance).
+    /// SHA-256 of the file the rows came from, or of a generated set's rows as JSONL (provenance).
     pub fn file_sha256(&self, data_dir: &Path) -> Result<String> {
+        if self.generator.is_some() {
+            let mut h = Sha256::new();
+            for q in self.load(data_dir)? {
+                h.update(serde_json::to_string(&q)?.as_bytes());
+                h.update(b"\n");
+            }
+            return Ok(format!("{:x}", h.finalize()));
+        }
         let path = self.resolve_file(data_dir)?;
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(format!("{:x}", Sha256::digest(&bytes)))
@@ -198,7 +215,7 @@ mod tests {
     #[test]
     fn every_definition_parses() {
         let defs = definitions().unwrap();
-        assert_eq!(defs.len(), 8);
+        assert_eq!(defs.len(), 9);
         assert!(definition("nope").unwrap_err().to_string().contains("unknown dataset 'nope'"));
     }
 

@@ -18,4 +18,5 @@ pub mod results;
 pub mod runner;
 pub mod sampling;
 pub mod sweep;
+pub mod synthetic;
 pub mod tokenizer;

@@ -113,6 +113,7 @@ pub fn kind_for_dataset(name: &str) -> Option<AnswerKind> {
     let name = dataset_key(name);
     match name.as_str() {
         "gsm8k" => Some(AnswerKind::Numeric),
+        n if n.starts_with("synthetic") => Some(AnswerKind::Numeric),
         "math" | "math500" | "math_500" | "gaokao2023en" => Some(AnswerKind::Math),
         n if n.starts_with("aime") || n.starts_with("amc") => Some(AnswerKind::Math),
         n if n.starts_with("gpqa") => Some(AnswerKind::MultipleChoice),
