@@ -237,12 +237,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<u8> {
         trace.as_ref().map(|t| (t, "generate".to_string())),
     )?;
     let out = &sample.generation;
-    // Special tokens stay (`</think>` matters); the stop token does not.
-    let shown = match out.tokens.last() {
-        Some(t) if lm.eos_token_ids.contains(t) => &out.tokens[..out.tokens.len() - 1],
-        _ => &out.tokens[..],
-    };
-    let completion = lm.tokenizer.decode(shown, false).map_err(|e| anyhow::anyhow!("decoding the completion: {e}"))?;
+    let completion = lm.completion(&out.tokens)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{completion}")?;
     stdout.flush()?;

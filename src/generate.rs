@@ -84,7 +84,7 @@ impl Sequence {
         mut cache: KvCache,
         prompt: &[u32],
         params: &GenerateParams,
-        mut rng: Rng,
+        rng: Rng,
         mut hook: Option<&mut dyn CacheHook>,
     ) -> Result<Self> {
         ensure!(!prompt.is_empty(), "the prompt is empty");
@@ -109,7 +109,7 @@ impl Sequence {
         let mut seq = Sequence {
             cache,
             params: params.clone(),
-            rng: rng.clone(),
+            rng,
             prompt_tokens: prompt.len(),
             tokens: Vec::new(),
             stop: None,
@@ -121,8 +121,7 @@ impl Sequence {
         if params.max_new_tokens == 0 {
             seq.stop = Some(StopReason::MaxNewTokens);
         } else {
-            let next = next_tokens(&logits, &[&params.sampling], std::slice::from_mut(&mut rng))?[0];
-            seq.rng = rng;
+            let next = next_tokens(&logits, &mut [&mut seq])?[0];
             seq.push(next);
         }
         seq.decode_secs = start.elapsed().as_secs_f64();
@@ -155,14 +154,15 @@ impl Sequence {
     }
 }
 
-/// The next token of every row of `logits` `[n, vocab]`: row i with `params[i]`, drawn from `rngs[i]`.
-fn next_tokens(logits: &Tensor, params: &[&SamplingParams], rngs: &mut [Rng]) -> Result<Vec<u32>> {
-    if params.iter().all(|p| p.is_greedy()) {
+/// The next token of every row of `logits` `[n, vocab]`: row i with `seqs[i]`'s sampling
+/// parameters, drawn from its own stream.
+fn next_tokens(logits: &Tensor, seqs: &mut [&mut Sequence]) -> Result<Vec<u32>> {
+    if seqs.iter().all(|s| s.params.sampling.is_greedy()) {
         // Argmax on the device: one u32 per row crosses to the host, not the vocabulary.
         return crate::model::transformer::argmax_rows(logits);
     }
     let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-    Ok(rows.iter().zip(params).zip(rngs).map(|((row, p), rng)| sample(row, p, rng)).collect())
+    Ok(rows.iter().zip(seqs).map(|(row, s)| sample(row, &s.params.sampling, &mut s.rng)).collect())
 }
 
 /// Routes a stacked forward's observations to each sequence's own hook (which sees itself as
@@ -229,9 +229,7 @@ pub fn decode_step(
         let mut observer = BatchObserver { hooks: &mut live_hooks, requests };
         model.forward(&mut steps, Some(&mut observer))?
     };
-    let params: Vec<&SamplingParams> = live.iter().map(|s| &s.params.sampling).collect();
-    let mut rngs: Vec<Rng> = live.iter().map(|s| s.rng.clone()).collect();
-    let next = next_tokens(&logits, &params, &mut rngs)?;
+    let next = next_tokens(&logits, &mut live)?;
     let elapsed = start.elapsed().as_secs_f64();
     for (k, seq) in live.iter_mut().enumerate() {
         if let Some(h) = live_hooks[k].as_deref_mut() {
@@ -239,7 +237,6 @@ pub fn decode_step(
         }
         seq.peak_kv = seq.peak_kv.max(seq.cache.len());
         seq.kv_footprint += seq.cache.len() as u64;
-        seq.rng = rngs[k].clone();
         seq.push(next[k]);
         seq.decode_secs += elapsed;
     }

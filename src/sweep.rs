@@ -548,11 +548,7 @@ fn finish_job(
     let spec = &specs[job.policy];
     let out = state.finish();
     let g = &out.generation;
-    let shown = match g.tokens.last() {
-        Some(t) if lm.eos_token_ids.contains(t) => &g.tokens[..g.tokens.len() - 1],
-        _ => &g.tokens[..],
-    };
-    let completion = lm.tokenizer.decode(shown, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+    let completion = lm.completion(&g.tokens)?;
     let kind = grading::kind_for_dataset(&job.dataset).with_context(|| format!("no grader for {}", job.dataset))?;
     let extracted = grading::extract_answer(&completion, kind);
     let reference = grading::reference_answer(&job.question.reference, &job.dataset);

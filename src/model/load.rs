@@ -74,6 +74,18 @@ pub struct LoadedModel {
     pub files: Vec<PathBuf>,
 }
 
+impl LoadedModel {
+    /// The text of generated tokens: special tokens stay (`</think>` matters), a final stop token
+    /// does not.
+    pub fn completion(&self, tokens: &[u32]) -> Result<String> {
+        let shown = match tokens.last() {
+            Some(t) if self.eos_token_ids.contains(t) => &tokens[..tokens.len() - 1],
+            _ => tokens,
+        };
+        self.tokenizer.decode(shown, false).map_err(|e| anyhow::anyhow!("decoding the completion: {e}"))
+    }
+}
+
 /// Numeric settings for loading: the device and the dtype weights are converted to.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
