@@ -41,6 +41,100 @@ pub enum Command {
     /// per policy at one budget, with the peak KV cache length), <stem>budget (accuracy against the
     /// budget) and <stem>datasets (one panel per dataset).
     Plot(PlotArgs),
+    /// Train the toy reasoning model on synthetic-chain (candle autograd + AdamW, CPU) into a model
+    /// folder; the committed one (assets/toy-chain) is the built-in default of `kvbench run`.
+    TrainToy(TrainToyArgs),
+    /// DynTS's importance predictor: `collect` labels from a run's correct full-cache traces,
+    /// `train` fits the predictor that `--predictor` then loads.
+    #[command(subcommand)]
+    Dynts(DyntsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DyntsCommand {
+    /// Teacher-force the correct full-cache samples of a finished run and record, per thinking
+    /// token, the attention the answer pays it (diagonal zeroed; mean over layers, heads and
+    /// answer queries) and the final hidden state: DIR/traces.safetensors + DIR/collect.json.
+    Collect(DyntsCollectArgs),
+    /// Fit the importance predictor (3-layer Softplus MLP, weighted MSE, frozen model) on
+    /// collected traces; writes OUT (safetensors) and OUT with .json (the report).
+    Train(DyntsTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DyntsCollectArgs {
+    /// A `kvbench run` folder with `full` samples (e.g. `kvbench run --policies full --datasets math`).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder of the dataset files [default: $KVBENCH_DATA_DIR, else ../shared/datasets].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Device: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, bf16 or f16 [default: f32 on CPU, bf16 on GPU].
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DyntsTrainArgs {
+    /// traces.safetensors written by `kvbench dynts collect`.
+    #[arg(long)]
+    pub traces: PathBuf,
+    /// The predictor file to write (.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Label transform [default: by the model's family: qwen for Qwen, llama otherwise].
+    #[arg(long, value_enum)]
+    pub transform: Option<crate::predictor::LabelTransform>,
+    /// Hidden sizes h1,h2 of the MLP [default: 2d,d/2 as in the paper; the reference code uses
+    /// 8192,2048 for its 7–8B models].
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    pub hidden: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 15)]
+    pub epochs: usize,
+    /// Thinking tokens per optimiser step.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainToyArgs {
+    /// The model folder to write (config, tokenizer, weights, training.json, train-log.csv).
+    #[arg(long, default_value = crate::toy::BUILTIN_DIR)]
+    pub out: PathBuf,
+    /// Seed of the initial weights.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seed of the stream of training problems (the evaluation set, synthetic-chain, uses 2026).
+    #[arg(long, default_value_t = 7)]
+    pub task_seed: u64,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: usize,
+    /// Problems per step (fresh every step).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Peak learning rate, held from the end of warmup until --decay-from.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// The learning rate at the last step (cosine decay from --decay-from).
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 1400)]
+    pub decay_from: usize,
+    /// Print progress, evaluate on held-out problems and save the weights every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: usize,
 }
 
 #[derive(Args, Debug)]

@@ -22,7 +22,82 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Run(args) => cmd_run(*args),
         Command::Merge(args) => cmd_merge(args),
         Command::Plot(args) => cmd_plot(args),
+        Command::TrainToy(args) => cmd_train_toy(args),
+        Command::Dynts(crate::cli::DyntsCommand::Collect(args)) => cmd_dynts_collect(args),
+        Command::Dynts(crate::cli::DyntsCommand::Train(args)) => cmd_dynts_train(args),
     }
+}
+
+fn cmd_dynts_collect(args: crate::cli::DyntsCollectArgs) -> Result<u8> {
+    let data_dir = crate::datasets::data_dir(args.data_dir.as_deref());
+    let load = crate::cli::load_options(&args.device, args.dtype.as_deref())?;
+    let s = crate::predictor::collect(&args.run, &args.out, &data_dir, &load)?;
+    println!(
+        "wrote {}: {} traces ({} correct full-cache samples of {}, {} skipped for their <think> structure), {} thinking tokens",
+        args.out.join("traces.safetensors").display(),
+        s.traces,
+        s.correct_full_cache,
+        s.samples,
+        s.skipped_format,
+        s.thinking_tokens
+    );
+    Ok(0)
+}
+
+fn cmd_dynts_train(args: crate::cli::DyntsTrainArgs) -> Result<u8> {
+    let o = crate::predictor::FitOptions {
+        traces: args.traces,
+        out: args.out,
+        transform: args.transform,
+        hidden: args.hidden.map(|h| (h[0], h[1])),
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        seed: args.seed,
+    };
+    let r = crate::predictor::fit(&o)?;
+    println!(
+        "wrote {}: {:?} labels, MLP {}→{}→{}→1, held-out weighted MSE {:.4} (untrained {:.4}), Spearman {:.3}, {:.0} s",
+        o.out.display(),
+        r.transform,
+        r.input_size,
+        r.hidden.0,
+        r.hidden.1,
+        r.validation_loss,
+        r.validation_loss_initial,
+        r.validation_spearman,
+        r.seconds
+    );
+    Ok(0)
+}
+
+fn cmd_train_toy(args: crate::cli::TrainToyArgs) -> Result<u8> {
+    let def = crate::datasets::definition(crate::toy::BUILTIN_DATASET)?;
+    let task = def.generator.context("synthetic-chain has no generator")?;
+    let o = crate::toy::train::TrainOptions {
+        out: args.out,
+        shape: crate::toy::ToyShape::default(),
+        task: crate::synthetic::ChainParams { seed: args.task_seed, ..task },
+        seed: args.seed,
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup: args.warmup,
+        decay_from: args.decay_from,
+        weight_decay: 0.1,
+        clip: 1.0,
+        log_every: args.log_every,
+    };
+    let s = crate::toy::train::train(&o)?;
+    println!(
+        "wrote {} (held-out: loss {:.4}, lookup {:.3}, solved {:.3})",
+        o.out.display(),
+        s.loss,
+        s.lookup_acc,
+        s.solved
+    );
+    Ok(0)
 }
 
 fn cmd_plot(args: PlotArgs) -> Result<u8> {

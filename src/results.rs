@@ -5,6 +5,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Writes tensors as safetensors through a temporary file and a rename, so a reader never sees
+/// half a file.
+pub fn save_safetensors(tensors: &std::collections::HashMap<String, candle_core::Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers
 /// see the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -256,7 +256,7 @@ pub struct Manifest {
     pub provenance: serde_json::Map<String, serde_json::Value>,
 }
 
-fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
+pub(crate) fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join("manifest.json");
     if !path.exists() {
         return Ok(None);
@@ -290,7 +290,7 @@ fn check_manifest(out: &Path, plan: &Plan, shard: Option<Shard>) -> Result<()> {
     Ok(())
 }
 
-fn render_prompt(lm: &LoadedModel, plan: &Plan, q: &Question) -> Result<Vec<u32>> {
+pub(crate) fn render_prompt(lm: &LoadedModel, plan: &Plan, q: &Question) -> Result<Vec<u32>> {
     let mut content = q.question.clone();
     if let Some(instr) = &plan.instruction {
         content = format!("{content}\n{instr}");
