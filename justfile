@@ -15,9 +15,40 @@ fetch-test-model:
 build:
     cargo build --release
 
-# The main job, offline: fetch the test model and generate with it.
-demo: fetch-test-model build
-    target/release/kvbench generate --model {{test_model}} --prompt "Explain in three sentences why the sky is blue." --max-new-tokens 96
+# The main job, offline, on the built-in default: the toy model on synthetic-chain under all eight
+# policies at the built-in budget (experiments/builtin.toml) into results/builtin, then its figures.
+demo: build
+    target/release/kvbench run --policies all
+    target/release/kvbench plot results/builtin/summary.csv
+
+# Accuracy regression (CI): the built-in benchmark against the committed reference.
+check: build
+    target/release/kvbench run --out target/builtin-check
+    target/release/kvbench check target/builtin-check --against results/builtin-reference
+
+# Regenerate the committed reference of the built-in benchmark and its figures.
+builtin-reference: build
+    target/release/kvbench run --out results/builtin-reference
+    target/release/kvbench plot results/builtin-reference/summary.csv --out plots/builtin
+
+# The budget sweep of the built-in benchmark (accuracy rising with B), and its figures.
+builtin-sweep: build
+    target/release/kvbench run --budget 160,192,224,256,320,384 --out results/builtin-sweep
+    target/release/kvbench plot results/builtin-sweep/summary.csv --budget 192 --out plots/builtin-sweep
+
+# Train the toy model from scratch into assets/toy-chain (≈ 95 min on two cores), as the committed
+# one was: 1,200 steps at lr 3e-3, then (the long-range lookup still being learned) a continuation
+# at 2e-3 held to step 2,200 and a cosine to step 2,600. training.json and train-log.csv record it.
+train-toy: build
+    target/release/kvbench train-toy --out assets/toy-chain --steps 1200
+    target/release/kvbench train-toy --out assets/toy-chain --init assets/toy-chain --first-step 1200 --steps 2600 --lr 2e-3 --decay-from 2200
+
+# DynTS's importance predictor for the toy model: full-cache traces of synthetic-chain-train (400
+# problems, disjoint from the evaluation set), their labels, the fit.
+train-predictor: build
+    target/release/kvbench run --model builtin:toy-chain --datasets synthetic-chain-train --policies full --greedy --max-new-tokens 512 --batch 8 --out target/toy-traces-run
+    target/release/kvbench dynts collect --run target/toy-traces-run --out target/toy-traces
+    target/release/kvbench dynts train --traces target/toy-traces/traces.safetensors --out assets/toy-chain/dynts-predictor.safetensors
 
 # The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, seven policies, then its figures.
 smollm2-cpu: fetch-test-model build

@@ -44,10 +44,29 @@ pub enum Command {
     /// Train the toy reasoning model on synthetic-chain (candle autograd + AdamW, CPU) into a model
     /// folder; the committed one (assets/toy-chain) is the built-in default of `kvbench run`.
     TrainToy(TrainToyArgs),
+    /// Compare a run's accuracy per configuration with a reference run: exit 0 within tolerance,
+    /// 1 when a configuration moved beyond it, 2 when they cannot be compared.
+    Check(CheckArgs),
     /// DynTS's importance predictor: `collect` labels from a run's correct full-cache traces,
     /// `train` fits the predictor that `--predictor` then loads.
     #[command(subcommand)]
     Dynts(DyntsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The run to check: a results folder or its summary.csv.
+    pub result: PathBuf,
+    /// The reference run (folder or summary.csv), e.g. results/builtin-reference.
+    #[arg(long)]
+    pub against: PathBuf,
+    /// Fixed tolerance in accuracy points [default: exact for greedy runs on the same machine kind,
+    /// else --z standard errors of the difference of the two proportions].
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// Standard errors allowed by the statistical rule.
+    #[arg(long, default_value_t = 3.0)]
+    pub z: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +154,12 @@ pub struct TrainToyArgs {
     /// Print progress, evaluate on held-out problems and save the weights every N steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: usize,
+    /// Continue from this model folder's weights (with a fresh optimiser) rather than from scratch.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Index of the first step (with --init: where the problem stream and schedule resume).
+    #[arg(long, default_value_t = 0)]
+    pub first_step: usize,
 }
 
 #[derive(Args, Debug)]
@@ -164,8 +189,9 @@ pub struct RunArgs {
     /// An experiment file (experiments/*.toml); flags given here override its fields.
     #[arg(long)]
     pub experiment: Option<PathBuf>,
-    /// Model: a .gguf file, an HF-format directory or a hub id `owner/name[@revision]`
-    /// [default: the test model, models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// Model: a .gguf file, an HF-format directory, a hub id `owner/name[@revision]` or
+    /// `builtin:toy-chain` [default: without --experiment, the built-in benchmark
+    /// (experiments/builtin.toml: the toy model on synthetic-chain)].
     #[arg(long)]
     pub model: Option<String>,
     /// Device: `cpu`, `cuda` or `cuda:N` [default: cpu].

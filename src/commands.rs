@@ -23,9 +23,17 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Merge(args) => cmd_merge(args),
         Command::Plot(args) => cmd_plot(args),
         Command::TrainToy(args) => cmd_train_toy(args),
+        Command::Check(args) => cmd_check(args),
         Command::Dynts(crate::cli::DyntsCommand::Collect(args)) => cmd_dynts_collect(args),
         Command::Dynts(crate::cli::DyntsCommand::Train(args)) => cmd_dynts_train(args),
     }
+}
+
+fn cmd_check(args: crate::cli::CheckArgs) -> Result<u8> {
+    let o = crate::check::CheckOptions { tolerance: args.tolerance, z: args.z };
+    let report = crate::check::check(&args.result, &args.against, &o)?;
+    print!("{}", report.table());
+    Ok(if report.passed() { 0 } else { 1 })
 }
 
 fn cmd_dynts_collect(args: crate::cli::DyntsCollectArgs) -> Result<u8> {
@@ -88,6 +96,8 @@ fn cmd_train_toy(args: crate::cli::TrainToyArgs) -> Result<u8> {
         weight_decay: 0.1,
         clip: 1.0,
         log_every: args.log_every,
+        init: args.init,
+        first_step: args.first_step,
     };
     let s = crate::toy::train::train(&o)?;
     println!(
@@ -121,6 +131,12 @@ fn cmd_plot(args: PlotArgs) -> Result<u8> {
 fn cmd_run(args: RunArgs) -> Result<u8> {
     use crate::sweep::{budget_label, expand, run, RunConfig};
     let setup = crate::experiment::resolve(&args)?;
+    if args.model.is_none() && args.experiment.is_none() {
+        eprintln!(
+            "no --model or --experiment: running the built-in benchmark ({}: the toy model on synthetic-chain)",
+            crate::experiment::BUILTIN_EXPERIMENT
+        );
+    }
     // Every model's plan is expanded and checked before the first weight is loaded.
     let mut expanded = Vec::new();
     for r in &setup.runs {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const DEFINITIONS: [(&str, &str); 9] = [
+const DEFINITIONS: [(&str, &str); 10] = [
     ("gsm8k", include_str!("../datasets/gsm8k.toml")),
     ("math500", include_str!("../datasets/math500.toml")),
     ("aime24", include_str!("../datasets/aime24.toml")),
@@ -19,6 +19,7 @@ const DEFINITIONS: [(&str, &str); 9] = [
     ("gpqa_diamond", include_str!("../datasets/gpqa_diamond.toml")),
     ("math", include_str!("../datasets/math.toml")),
     ("synthetic-chain", include_str!("../datasets/synthetic-chain.toml")),
+    ("synthetic-chain-train", include_str!("../datasets/synthetic-chain-train.toml")),
 ];
 
 /// How the answer field encodes the reference answer.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{RunArgs, DEFAULT_GGUF};
+use crate::cli::RunArgs;
 use crate::model::load::ModelSource;
 use crate::policies::{parse_tokens, Budget};
 use crate::sampling::SamplingParams;
@@ -107,7 +107,14 @@ impl SamplingSetting {
     }
 }
 
+/// The built-in benchmark: what `kvbench run` does with no `--model` and no `--experiment`.
+pub const BUILTIN_EXPERIMENT: &str = "experiments/builtin.toml";
+
 impl Experiment {
+    pub fn builtin() -> Result<Self> {
+        toml::from_str(include_str!("../experiments/builtin.toml")).context("experiment experiments/builtin.toml")
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("experiment {}", path.display()))
@@ -148,14 +155,17 @@ pub fn model_slug(model: &str) -> String {
 
 /// Merges the experiment file (if any) and the flags into plans.
 pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
-    let exp = match &args.experiment {
-        Some(path) => Experiment::load(path)?,
-        None => Experiment::default(),
+    let (exp, exp_name) = match &args.experiment {
+        Some(path) => {
+            (Experiment::load(path)?, path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default())
+        }
+        None if args.model.is_none() => (Experiment::builtin()?, "builtin".to_string()),
+        None => (Experiment::default(), String::new()),
     };
     let models: Vec<String> = match &args.model {
         Some(m) => vec![m.clone()],
         None if !exp.models.is_empty() => exp.models.clone(),
-        None => vec![DEFAULT_GGUF.to_string()],
+        None => vec![crate::toy::BUILTIN_NAME.to_string()],
     };
     let datasets = args.datasets.clone().or(exp.datasets.clone()).unwrap_or_else(|| vec!["gsm8k".into()]);
     if datasets.is_empty() {
@@ -191,10 +201,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         bail!("--threads and --batch must be at least 1");
     }
     let base = args.out.clone().or(exp.out.clone()).unwrap_or_else(|| {
-        let name = match &args.experiment {
-            Some(p) => p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
-            None => format!("{}-{}", model_slug(&models[0]), datasets.join("+")),
-        };
+        let name = if exp_name.is_empty() { format!("{}-{}", model_slug(&models[0]), datasets.join("+")) } else { exp_name };
         PathBuf::from("results").join(name)
     });
     let mut runs = Vec::new();

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod chat;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod datasets;

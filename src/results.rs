@@ -38,7 +38,7 @@ use crate::sweep::SampleRecord;
 
 /// One row of `summary.csv`: a model × dataset × policy × budget. Timing columns come last so a
 /// comparison can drop them by name (`tokens_per_s`, `policy_time_share`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct SummaryRow {
     pub model: String,
     pub dataset: String,

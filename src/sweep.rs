@@ -615,6 +615,7 @@ fn write_manifest(out: &Path, plan: &Plan, cfg: &RunConfig, lm: &LoadedModel) ->
         "kvbench_version": env!("CARGO_PKG_VERSION"),
         "git_commit": option_env!("KVBENCH_GIT_COMMIT").unwrap_or("unknown"),
         "device": format!("{:?}", lm.model.device()),
+        "machine": machine_kind(lm.model.device()),
         "dtype": format!("{:?}", lm.model.dtype()),
         "threads": cfg.threads,
     });
@@ -625,6 +626,19 @@ fn write_manifest(out: &Path, plan: &Plan, cfg: &RunConfig, lm: &LoadedModel) ->
         provenance: provenance.as_object().cloned().unwrap_or_default(),
     };
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())
+}
+
+/// The kind of machine a run's numbers come from: greedy results are reproducible on the same
+/// kind (`kvbench check` compares them exactly), not across CPU models or GPUs.
+fn machine_kind(device: &candle_core::Device) -> String {
+    if !device.is_cpu() {
+        return format!("{device:?}");
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("cpu: {cpu}")
 }
 
 /// Combines shard folders of one plan into `out`: samples in plan order, summary, manifest.

@@ -23,12 +23,20 @@ pub enum ModelSource {
     Gguf { path: PathBuf },
     HfDir { path: PathBuf },
     Hub { repo: String, revision: String },
+    /// The committed toy model (`builtin:toy-chain`, an HF folder in this checkout).
+    BuiltIn { name: String },
 }
 
 impl ModelSource {
     /// `*.gguf` → a GGUF file; an existing directory → an HF directory; `owner/name[@revision]` →
     /// the hub. Existence of local files is checked here, before any weight is read.
     pub fn parse(spec: &str) -> Result<Self> {
+        if let Some(name) = spec.strip_prefix("builtin:") {
+            if spec != crate::toy::BUILTIN_NAME {
+                bail!("unknown built-in model '{name}' (there is one: {})", crate::toy::BUILTIN_NAME);
+            }
+            return Ok(ModelSource::BuiltIn { name: name.to_string() });
+        }
         let path = Path::new(spec);
         if spec.ends_with(".gguf") {
             if !path.is_file() {
@@ -57,6 +65,7 @@ impl ModelSource {
         match self {
             ModelSource::Gguf { path } | ModelSource::HfDir { path } => path.display().to_string(),
             ModelSource::Hub { repo, revision } => format!("{repo}@{revision}"),
+            ModelSource::BuiltIn { name } => format!("builtin:{name}"),
         }
     }
 }
@@ -104,6 +113,12 @@ pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
         ModelSource::Gguf { path } => load_gguf(source, path, opts),
         ModelSource::HfDir { path } => load_hf(source, &HfFiles::from_dir(path)?, opts),
         ModelSource::Hub { repo, revision } => load_hf(source, &HfFiles::from_hub(repo, revision)?, opts),
+        ModelSource::BuiltIn { .. } => {
+            let dir = crate::toy::builtin_dir();
+            let files = HfFiles::from_dir(&dir)
+                .with_context(|| format!("the built-in model is missing from this checkout (make it with `kvbench train-toy --out {}`)", dir.display()))?;
+            load_hf(source, &files, opts)
+        }
     }
     .with_context(|| format!("loading model {}", source.display()))
 }

@@ -48,6 +48,10 @@ pub struct TrainOptions {
     pub weight_decay: f64,
     pub clip: f64,
     pub log_every: usize,
+    /// Continue from this model folder's weights (a fresh optimiser) instead of initialising.
+    pub init: Option<PathBuf>,
+    /// The first step's index: the problem stream and the schedule continue from it.
+    pub first_step: usize,
 }
 
 /// Writes a model folder with freshly initialised (untrained) weights: for tests and examples.
@@ -274,9 +278,12 @@ fn loss_and_scores(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Scores)> {
     Ok((loss, scores))
 }
 
+/// Linear warmup from the first step (a continuation's fresh optimiser warms up again), the peak
+/// until `decay_from`, then a cosine to `min_lr` at `steps`.
 fn lr_at(o: &TrainOptions, step: usize) -> f64 {
-    if step < o.warmup {
-        return o.lr * (step + 1) as f64 / o.warmup as f64;
+    let since = step - o.first_step;
+    if since < o.warmup {
+        return o.lr * (since + 1) as f64 / o.warmup as f64;
     }
     if step < o.decay_from || o.steps <= o.decay_from {
         return o.lr;
@@ -300,12 +307,20 @@ struct TrainingRecord<'a> {
 
 /// Trains and writes the model folder. Returns the held-out scores at the end.
 pub fn train(o: &TrainOptions) -> Result<Scores> {
-    ensure!(o.steps > 0 && o.batch > 0 && o.warmup > 0, "--steps, --batch and --warmup must be positive");
+    ensure!(o.steps > o.first_step && o.batch > 0 && o.warmup > 0, "--steps must exceed --first-step; --batch and --warmup must be positive");
     o.task.validate()?;
     let dev = Device::Cpu;
     keep_freed_memory();
     let tok = super::tokenizer()?;
     let params = init_params(&o.shape, o.seed, &dev)?;
+    if let Some(dir) = &o.init {
+        let path = dir.join("model.safetensors");
+        let saved = candle_core::safetensors::load(&path, &dev).with_context(|| format!("reading {}", path.display()))?;
+        for (name, var) in &params.vars {
+            let t = saved.get(name).with_context(|| format!("{} lacks {name}", path.display()))?;
+            var.set(t).with_context(|| format!("{}: {name} has another shape", path.display()))?;
+        }
+    }
     let n_params: usize = params.vars.iter().map(|(_, v)| v.elem_count()).sum();
     let is_matrix = |n: &str| n.ends_with("proj.weight") || n == "lm_head.weight";
     let group = |decay: bool| -> Vec<Var> {
@@ -322,10 +337,19 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     super::write_model_files(&o.out, &o.shape)?;
     let log_path = o.out.join("train-log.csv");
-    let mut log = std::io::BufWriter::new(
-        std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?,
-    );
-    writeln!(log, "step,lr,loss,token_acc,lookup_acc,solved,eval_loss,eval_token_acc,eval_lookup_acc,eval_solved,seconds")?;
+    // A continuation (--first-step > 0) extends the log of the run it continues.
+    let extend = o.first_step > 0 && log_path.is_file();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(extend)
+        .truncate(!extend)
+        .open(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut log = std::io::BufWriter::new(file);
+    if !extend {
+        writeln!(log, "step,lr,loss,token_acc,lookup_acc,solved,eval_loss,eval_token_acc,eval_lookup_acc,eval_solved,seconds")?;
+    }
     eprintln!(
         "training the toy model: {n_params} parameters, {} steps × {} problems, {} threads",
         o.steps,
@@ -337,7 +361,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
     let mut running = Scores::default();
     let mut pool = None;
     let mut seen = 0usize;
-    for step in 0..o.steps {
+    for step in o.first_step..o.steps {
         let lr = lr_at(o, step);
         opt_decay.set_learning_rate(lr);
         opt_plain.set_learning_rate(lr);
@@ -380,7 +404,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
                 e.loss,
                 e.lookup_acc,
                 e.solved,
-                secs / (step + 1) as f64
+                secs / (step + 1 - o.first_step) as f64
             );
             running = Scores::default();
             seen = 0;
@@ -390,7 +414,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
     let final_eval = evaluate(&o.shape, &weights, &eval)?;
     save_weights(&params, &o.out.join("model.safetensors"))?;
     let record = TrainingRecord {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::iter::once("kvbench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
         options: o,
         kvbench_version: env!("CARGO_PKG_VERSION"),
         git_commit: option_env!("KVBENCH_GIT_COMMIT"),
@@ -513,6 +537,8 @@ mod tests {
             weight_decay: 0.1,
             clip: 1.0,
             log_every: 30,
+            init: None,
+            first_step: 0,
         };
         let first = train(&o).unwrap();
         let log = std::fs::read_to_string(dir.join("a/train-log.csv")).unwrap();

@@ -1,0 +1,256 @@
+//! `kvbench check RESULT --against REFERENCE`: accuracy regression against a committed result.
+//!
+//! Configurations (model × dataset × policy × B/W/r) are matched by their summary rows. The
+//! tolerance per configuration:
+//! - **exact** when both runs decoded greedily on the same machine kind (device, dtype and CPU
+//!   model, from the manifests): the numbers are then deterministic, so any change is a change;
+//! - otherwise **statistical**: two binomial proportions over n = questions × samples each, pooled
+//!   (Laplace-smoothed, so that 0 % and 100 % still get a width), allowed z standard errors apart
+//!   (z = 3 by default: a false alarm about once in 370 configurations);
+//! - or a fixed `--tolerance` in points.
+//!
+//! Exit status (the caller's): 0 all within tolerance, 1 a configuration moved beyond it, 2 the
+//! two cannot be compared (a configuration of the reference is missing, unreadable files).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::results::SummaryRow;
+
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Fixed tolerance in accuracy points (overrides both rules).
+    pub tolerance: Option<f64>,
+    /// Standard errors allowed by the statistical rule.
+    pub z: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Within,
+    Beyond,
+}
+
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub config: String,
+    pub reference: f64,
+    pub result: f64,
+    pub tolerance: f64,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug)]
+pub struct CheckReport {
+    pub rule: String,
+    pub rows: Vec<Comparison>,
+    /// Configurations of the result that the reference does not hold (not compared).
+    pub extra: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.verdict == Verdict::Within)
+    }
+
+    /// The readable table.
+    pub fn table(&self) -> String {
+        let width = self.rows.iter().map(|r| r.config.len()).max().unwrap_or(6).max(13);
+        let mut s = String::new();
+        let _ = writeln!(s, "{:<width$}  {:>9}  {:>9}  {:>7}  {:>9}  verdict", "configuration", "reference", "result", "Δ", "tolerance");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{:<width$}  {:>8.1}%  {:>8.1}%  {:>+7.1}  {:>9}  {}",
+                r.config,
+                r.reference,
+                r.result,
+                r.result - r.reference,
+                if r.tolerance == 0.0 { "exact".to_string() } else { format!("±{:.1}", r.tolerance) },
+                match r.verdict {
+                    Verdict::Within => "ok",
+                    Verdict::Beyond if r.result < r.reference => "REGRESSION (lower)",
+                    Verdict::Beyond => "CHANGED (higher)",
+                }
+            );
+        }
+        let beyond = self.rows.iter().filter(|r| r.verdict == Verdict::Beyond).count();
+        let _ = writeln!(
+            s,
+            "{} configurations, {} beyond tolerance ({})",
+            self.rows.len(),
+            beyond,
+            self.rule
+        );
+        if !self.extra.is_empty() {
+            let _ = writeln!(s, "not in the reference (not compared): {}", self.extra.join(", "));
+        }
+        s
+    }
+}
+
+/// A run folder or its summary CSV → (summary path, manifest path if any).
+fn locate(path: &Path) -> (PathBuf, Option<PathBuf>) {
+    if path.is_dir() {
+        (path.join("summary.csv"), Some(path.join("manifest.json")).filter(|m| m.is_file()))
+    } else {
+        let manifest = path.with_file_name("manifest.json");
+        (path.to_path_buf(), Some(manifest).filter(|m| m.is_file()))
+    }
+}
+
+fn read_rows(path: &Path) -> Result<Vec<SummaryRow>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .deserialize()
+        .enumerate()
+        .map(|(i, r)| r.with_context(|| format!("{}: row {} is malformed", path.display(), i + 2)))
+        .collect()
+}
+
+fn config_key(r: &SummaryRow) -> String {
+    let budget = if r.budget == 0 { "full".to_string() } else { format!("B{}-W{}-r{}", r.budget, r.window, r.ratio) };
+    format!("{}/{}/{} {}", r.model, r.dataset, r.policy, budget)
+}
+
+/// What makes greedy numbers reproducible: greedy decoding and the machine kind.
+fn exact_identity(manifest: &Path) -> Result<Option<String>> {
+    let text = std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let m: crate::sweep::Manifest =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    if !m.plan.sampling.is_greedy() {
+        return Ok(None);
+    }
+    let field = |k: &str| m.provenance.get(k).map(|v| v.to_string()).unwrap_or_default();
+    Ok(Some(format!("{} {} {} batch {}", field("machine"), field("device"), field("dtype"), m.plan.batch)))
+}
+
+pub fn check(result: &Path, reference: &Path, o: &CheckOptions) -> Result<CheckReport> {
+    let (res_csv, res_manifest) = locate(result);
+    let (ref_csv, ref_manifest) = locate(reference);
+    let res_rows = read_rows(&res_csv)?;
+    let ref_rows = read_rows(&ref_csv)?;
+    if ref_rows.is_empty() {
+        bail!("{} holds no configurations", ref_csv.display());
+    }
+    let exact = match (&res_manifest, &ref_manifest) {
+        (Some(a), Some(b)) => match (exact_identity(a)?, exact_identity(b)?) {
+            (Some(x), Some(y)) if x == y && !x.trim().is_empty() => Some(x),
+            _ => None,
+        },
+        _ => None,
+    };
+    let rule = match (o.tolerance, &exact) {
+        (Some(t), _) => format!("fixed tolerance ±{t} points"),
+        (None, Some(id)) => format!("exact: greedy on the same machine kind, {id}"),
+        (None, None) => format!("statistical: {} standard errors of the difference of two proportions", o.z),
+    };
+    let results: BTreeMap<String, &SummaryRow> = res_rows.iter().map(|r| (config_key(r), r)).collect();
+    let mut missing = Vec::new();
+    let mut rows = Vec::new();
+    for r in &ref_rows {
+        let key = config_key(r);
+        let Some(got) = results.get(&key) else {
+            missing.push(key);
+            continue;
+        };
+        let tolerance = match (o.tolerance, &exact) {
+            (Some(t), _) => t,
+            (None, Some(_)) => 0.0,
+            (None, None) => {
+                let (n1, n2) = ((r.questions * r.samples) as f64, (got.questions * got.samples) as f64);
+                let k = r.accuracy / 100.0 * n1 + got.accuracy / 100.0 * n2;
+                let p = (k + 1.0) / (n1 + n2 + 2.0);
+                100.0 * o.z * (p * (1.0 - p) * (1.0 / n1.max(1.0) + 1.0 / n2.max(1.0))).sqrt()
+            }
+        };
+        let within = (got.accuracy - r.accuracy).abs() <= tolerance + 1e-9;
+        rows.push(Comparison {
+            config: key,
+            reference: r.accuracy,
+            result: got.accuracy,
+            tolerance,
+            verdict: if within { Verdict::Within } else { Verdict::Beyond },
+        });
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} lacks {} configuration(s) of the reference {}:\n  {}",
+            res_csv.display(),
+            missing.len(),
+            ref_csv.display(),
+            missing.join("\n  ")
+        );
+    }
+    let known: std::collections::BTreeSet<String> = ref_rows.iter().map(config_key).collect();
+    let extra = results.keys().filter(|k| !known.contains(*k)).cloned().collect();
+    Ok(CheckReport { rule, rows, extra })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(policy: &str, accuracy: f64, questions: usize) -> SummaryRow {
+        SummaryRow {
+            model: "m".into(),
+            dataset: "d".into(),
+            policy: policy.into(),
+            budget: 128,
+            window: 32,
+            ratio: 0.5,
+            questions,
+            samples: 1,
+            accuracy,
+            accuracy_ci95: 0.0,
+            pass_at_k: accuracy,
+            maj_at_k: accuracy,
+            peak_kv: 0.0,
+            mean_kv: 0.0,
+            kv_footprint: 0.0,
+            evictions: 0.0,
+            generated_tokens: 0.0,
+            think_closed_rate: 0.0,
+            truncated_rate: 0.0,
+            tokens_per_s: 0.0,
+            policy_time_share: 0.0,
+        }
+    }
+
+    fn write(dir: &Path, rows: &[SummaryRow]) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join("summary.csv");
+        std::fs::write(&p, crate::results::summary_csv(rows).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn statistical_tolerance_follows_the_sample_count() {
+        let dir = std::env::temp_dir().join(format!("kvbench-check-{}", std::process::id()));
+        let reference = write(&dir.join("ref"), &[row("h2o", 50.0, 200), row("window", 10.0, 200)]);
+        let o = CheckOptions { tolerance: None, z: 3.0 };
+        // 200 questions at 50 %: σ of the difference ≈ 5 points, so ±15 passes and 20 does not.
+        let near = write(&dir.join("near"), &[row("h2o", 40.0, 200), row("window", 12.0, 200)]);
+        let r = check(&near, &reference, &o).unwrap();
+        assert!(r.passed(), "{}", r.table());
+        assert!((r.rows[0].tolerance - 15.0).abs() < 0.3, "{}", r.rows[0].tolerance);
+        let far = write(&dir.join("far"), &[row("h2o", 30.0, 200), row("window", 10.0, 200)]);
+        let r = check(&far, &reference, &o).unwrap();
+        assert!(!r.passed());
+        assert!(r.table().contains("REGRESSION (lower)"), "{}", r.table());
+        // Fewer questions, wider tolerance: the same 20-point drop passes at n = 20.
+        let small_ref = write(&dir.join("small-ref"), &[row("h2o", 50.0, 20)]);
+        let small = write(&dir.join("small"), &[row("h2o", 30.0, 20)]);
+        assert!(check(&small, &small_ref, &o).unwrap().passed());
+        // A fixed tolerance overrides.
+        assert!(!check(&small, &small_ref, &CheckOptions { tolerance: Some(5.0), z: 3.0 }).unwrap().passed());
+        // A missing configuration is an error, not a pass.
+        let partial = write(&dir.join("partial"), &[row("h2o", 50.0, 200)]);
+        let e = check(&partial, &reference, &o).unwrap_err().to_string();
+        assert!(e.contains("lacks 1 configuration") && e.contains("window"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
