@@ -43,21 +43,12 @@ train-toy: build
     target/release/kvbench train-toy --out assets/toy-chain --steps 1200
     target/release/kvbench train-toy --out assets/toy-chain --init assets/toy-chain --first-step 1200 --steps 2600 --lr 2e-3 --decay-from 2200
 
-# DynTS's importance predictor for the toy model: full-cache traces of synthetic-chain-train (400
-# problems, disjoint from the evaluation set), their labels, the fit.
+# DynTS's importance predictor for the toy model: the worked solutions of synthetic-chain-train (400
+# problems, disjoint from the evaluation set) teacher-forced through it, their labels, the fit.
+# (`--run DIR` instead of `--solutions` takes a run's correct full-cache traces, as for real models.)
 train-predictor: build
-    target/release/kvbench run --model builtin:toy-chain --datasets synthetic-chain-train --policies full --greedy --max-new-tokens 512 --batch 8 --out target/toy-traces-run
-    target/release/kvbench dynts collect --run target/toy-traces-run --out target/toy-traces
-    target/release/kvbench dynts train --traces target/toy-traces/traces.safetensors --out assets/toy-chain/dynts-predictor.safetensors
-
-# The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, seven policies, then its figures.
-smollm2-cpu: fetch-test-model build
-    target/release/kvbench run --experiment experiments/smollm2-cpu.toml --data-dir {{data_dir}}
-    target/release/kvbench plot results/smollm2-cpu/summary.csv
-
-# Run every test (the test model is fetched first; tests that need it fail without it).
-test: fetch-test-model
-    KVBENCH_REQUIRE_TEST_MODEL=1 KVBENCH_DATA_DIR={{data_dir}} cargo test --release
+    target/release/kvbench dynts collect --solutions synthetic-chain-train --model builtin:toy-chain --out target/toy-traces
+    target/release/kvbench dynts train --traces target/toy-traces/traces.safetensors --transform qwen --out assets/toy-chain/dynts-predictor.safetensors
 
 # Build with CUDA into target-cuda/ (nvcc from PATH, else CUDA 13.0 wheels from PyPI; see the script).
 build-cuda *ARGS:

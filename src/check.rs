@@ -60,7 +60,11 @@ impl CheckReport {
     pub fn table(&self) -> String {
         let width = self.rows.iter().map(|r| r.config.len()).max().unwrap_or(6).max(13);
         let mut s = String::new();
-        let _ = writeln!(s, "{:<width$}  {:>9}  {:>9}  {:>7}  {:>9}  verdict", "configuration", "reference", "result", "Δ", "tolerance");
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:>9}  {:>9}  {:>7}  {:>9}  verdict",
+            "configuration", "reference", "result", "Δ", "tolerance"
+        );
         for r in &self.rows {
             let _ = writeln!(
                 s,
@@ -78,13 +82,7 @@ impl CheckReport {
             );
         }
         let beyond = self.rows.iter().filter(|r| r.verdict == Verdict::Beyond).count();
-        let _ = writeln!(
-            s,
-            "{} configurations, {} beyond tolerance ({})",
-            self.rows.len(),
-            beyond,
-            self.rule
-        );
+        let _ = writeln!(s, "{} configurations, {} beyond tolerance ({})", self.rows.len(), beyond, self.rule);
         if !self.extra.is_empty() {
             let _ = writeln!(s, "not in the reference (not compared): {}", self.extra.join(", "));
         }
@@ -124,8 +122,14 @@ fn exact_identity(manifest: &Path) -> Result<Option<String>> {
     if !m.plan.sampling.is_greedy() {
         return Ok(None);
     }
-    let field = |k: &str| m.provenance.get(k).map(|v| v.to_string()).unwrap_or_default();
-    Ok(Some(format!("{} {} {} batch {}", field("machine"), field("device"), field("dtype"), m.plan.batch)))
+    let field = |k: &str| m.provenance.get(k).and_then(|v| v.as_str()).map(String::from);
+    // Manifests from before the machine was recorded cannot vouch for exactness.
+    Ok(match (field("machine"), field("device"), field("dtype")) {
+        (Some(machine), Some(device), Some(dtype)) => {
+            Some(format!("{machine}, {device}, {dtype}, batch {}", m.plan.batch))
+        }
+        _ => None,
+    })
 }
 
 pub fn check(result: &Path, reference: &Path, o: &CheckOptions) -> Result<CheckReport> {
@@ -138,7 +142,7 @@ pub fn check(result: &Path, reference: &Path, o: &CheckOptions) -> Result<CheckR
     }
     let exact = match (&res_manifest, &ref_manifest) {
         (Some(a), Some(b)) => match (exact_identity(a)?, exact_identity(b)?) {
-            (Some(x), Some(y)) if x == y && !x.trim().is_empty() => Some(x),
+            (Some(x), Some(y)) if x == y => Some(x),
             _ => None,
         },
         _ => None,
@@ -251,6 +255,34 @@ mod tests {
         let partial = write(&dir.join("partial"), &[row("h2o", 50.0, 200)]);
         let e = check(&partial, &reference, &o).unwrap_err().to_string();
         assert!(e.contains("lacks 1 configuration") && e.contains("window"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Greedy runs on the same machine kind must agree exactly; another CPU model falls back to
+    /// the statistical rule; a sampled run never compares exactly.
+    #[test]
+    fn greedy_runs_on_the_same_machine_kind_compare_exactly() {
+        let dir = std::env::temp_dir().join(format!("kvbench-check-exact-{}", std::process::id()));
+        let manifest = |folder: &str, machine: &str, temperature: f64| {
+            let mut m: serde_json::Value =
+                serde_json::from_str(include_str!("../results/smollm2-cpu/manifest.json")).unwrap();
+            m["machine"] = machine.into();
+            m["plan"]["sampling"]["temperature"] = temperature.into();
+            std::fs::write(dir.join(folder).join("manifest.json"), m.to_string()).unwrap();
+        };
+        write(&dir.join("ref"), &[row("h2o", 50.0, 200)]);
+        write(&dir.join("same"), &[row("h2o", 49.5, 200)]);
+        manifest("ref", "cpu: A", 0.0);
+        manifest("same", "cpu: A", 0.0);
+        let o = CheckOptions { tolerance: None, z: 3.0 };
+        let r = check(&dir.join("same"), &dir.join("ref"), &o).unwrap();
+        assert!(!r.passed() && r.rule.starts_with("exact"), "{}", r.table());
+        manifest("same", "cpu: B", 0.0);
+        let r = check(&dir.join("same"), &dir.join("ref"), &o).unwrap();
+        assert!(r.passed() && r.rule.starts_with("statistical"), "{}", r.table());
+        manifest("same", "cpu: A", 0.6);
+        manifest("ref", "cpu: A", 0.6);
+        assert!(check(&dir.join("same"), &dir.join("ref"), &o).unwrap().rule.starts_with("statistical"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

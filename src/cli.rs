@@ -82,9 +82,20 @@ pub enum DyntsCommand {
 
 #[derive(Args, Debug)]
 pub struct DyntsCollectArgs {
-    /// A `kvbench run` folder with `full` samples (e.g. `kvbench run --policies full --datasets math`).
+    /// A `kvbench run` folder with `full` samples (e.g. `kvbench run --policies full --datasets math`):
+    /// its correct traces, one per question.
+    #[arg(long, conflicts_with = "solutions", required_unless_present = "solutions")]
+    pub run: Option<PathBuf>,
+    /// Instead: the worked solutions of a generated dataset (synthetic-chain-train), teacher-forced
+    /// through --model.
+    #[arg(long, requires = "model")]
+    pub solutions: Option<String>,
+    /// The model for --solutions (e.g. builtin:toy-chain).
     #[arg(long)]
-    pub run: PathBuf,
+    pub model: Option<String>,
+    /// With --solutions: the first N problems.
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,

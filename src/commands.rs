@@ -37,15 +37,20 @@ fn cmd_check(args: crate::cli::CheckArgs) -> Result<u8> {
 }
 
 fn cmd_dynts_collect(args: crate::cli::DyntsCollectArgs) -> Result<u8> {
+    use crate::predictor::TraceSource;
+    let source = match (args.run, args.solutions, args.model) {
+        (Some(run), None, _) => TraceSource::Run(run),
+        (None, Some(dataset), Some(model)) => TraceSource::Solutions { model, dataset, limit: args.limit },
+        _ => anyhow::bail!("give --run DIR, or --solutions DATASET with --model"),
+    };
     let data_dir = crate::datasets::data_dir(args.data_dir.as_deref());
     let load = crate::cli::load_options(&args.device, args.dtype.as_deref())?;
-    let s = crate::predictor::collect(&args.run, &args.out, &data_dir, &load)?;
+    let s = crate::predictor::collect(&source, &args.out, &data_dir, &load)?;
     println!(
-        "wrote {}: {} traces ({} correct full-cache samples of {}, {} skipped for their <think> structure), {} thinking tokens",
+        "wrote {}: {} traces of {} ({} skipped for their <think> structure), {} thinking tokens",
         args.out.join("traces.safetensors").display(),
         s.traces,
-        s.correct_full_cache,
-        s.samples,
+        s.candidates,
         s.skipped_format,
         s.thinking_tokens
     );

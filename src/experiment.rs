@@ -201,7 +201,8 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         bail!("--threads and --batch must be at least 1");
     }
     let base = args.out.clone().or(exp.out.clone()).unwrap_or_else(|| {
-        let name = if exp_name.is_empty() { format!("{}-{}", model_slug(&models[0]), datasets.join("+")) } else { exp_name };
+        let name =
+            if exp_name.is_empty() { format!("{}-{}", model_slug(&models[0]), datasets.join("+")) } else { exp_name };
         PathBuf::from("results").join(name)
     });
     let mut runs = Vec::new();

@@ -33,16 +33,29 @@ use crate::sampling::Rng;
 /// Tokens per teacher-forcing forward: bounds the `[heads, chunk, context]` attention tensors.
 const CHUNK: usize = 512;
 
+/// Where `collect` takes its traces from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TraceSource {
+    /// The correct full-cache samples of a finished `kvbench run` (the reference's way: the
+    /// model's own correct traces, one per question).
+    Run(PathBuf),
+    /// The worked solutions of a generated dataset (`synthetic-chain-train`), teacher-forced
+    /// through `model`: the traces a model that solves the task generates, whatever the model's
+    /// own accuracy.
+    Solutions { model: String, dataset: String, limit: Option<usize> },
+}
+
 /// What `collect` found, written next to the traces as `collect.json`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CollectSummary {
-    pub run: PathBuf,
+    pub source: TraceSource,
     pub model: String,
     pub model_arch: String,
     pub hidden_size: usize,
-    pub samples: usize,
-    pub correct_full_cache: usize,
-    /// Traces kept (correct, one `<think>` and one `</think>`, one per question).
+    /// Traces offered (correct full-cache samples, one per question; or solutions).
+    pub candidates: usize,
+    /// Traces kept (one `<think>` and one `</think>` with an answer after it).
     pub traces: usize,
     pub skipped_format: usize,
     pub thinking_tokens: usize,
@@ -116,56 +129,98 @@ fn label_trace(lm: &LoadedModel, ids: &[u32], think_start: usize, think_end: usi
     Ok(Labelled { importance, hidden })
 }
 
-/// `kvbench dynts collect`: labels the correct full-cache samples of the run in `run` and writes
-/// `traces.safetensors` (`hidden [N, d]`, `importance [N]`, `trace [N]`, `position [N]`) and
-/// `collect.json` into `out`.
-pub fn collect(run: &Path, out: &Path, data_dir: &Path, load: &LoadOptions) -> Result<CollectSummary> {
-    let manifest = crate::sweep::read_manifest(run)?
-        .with_context(|| format!("{} is not a kvbench run folder (no manifest.json)", run.display()))?;
-    let plan = &manifest.plan;
-    let samples = crate::sweep::read_samples(&run.join("samples.jsonl"))?;
-    ensure!(!samples.is_empty(), "{} holds no samples", run.display());
-    let mut seen = BTreeSet::new();
-    let chosen: Vec<_> =
-        samples.iter().filter(|s| s.policy == "full" && s.correct).filter(|s| seen.insert((&s.dataset, s.question_index))).collect();
-    ensure!(
-        !chosen.is_empty(),
-        "{} has no correct full-cache sample to learn from (run it with --policies full)",
-        run.display()
-    );
-    let source = crate::model::load::ModelSource::parse(&plan.model)?;
-    let lm = crate::model::load::load(&source, load)?;
+/// The token ids of each candidate trace (prompt + completion) and the model that made them.
+fn candidate_traces(
+    source: &TraceSource,
+    data_dir: &Path,
+    load: &LoadOptions,
+) -> Result<(String, LoadedModel, Vec<Vec<u32>>)> {
+    match source {
+        TraceSource::Run(run) => {
+            let manifest = crate::sweep::read_manifest(run)?
+                .with_context(|| format!("{} is not a kvbench run folder (no manifest.json)", run.display()))?;
+            let plan = &manifest.plan;
+            let samples = crate::sweep::read_samples(&run.join("samples.jsonl"))?;
+            let mut seen = BTreeSet::new();
+            let chosen: Vec<_> = samples
+                .iter()
+                .filter(|s| s.policy == "full" && s.correct)
+                .filter(|s| seen.insert((&s.dataset, s.question_index)))
+                .collect();
+            ensure!(
+                !chosen.is_empty(),
+                "{} has no correct full-cache sample to learn from (run it with --policies full)",
+                run.display()
+            );
+            let lm = crate::model::load::load(&crate::model::load::ModelSource::parse(&plan.model)?, load)?;
+            let mut questions = HashMap::new();
+            let mut traces = Vec::new();
+            for s in chosen {
+                if !questions.contains_key(&s.dataset) {
+                    questions.insert(s.dataset.clone(), crate::datasets::definition(&s.dataset)?.load(data_dir)?);
+                }
+                let q = questions[&s.dataset]
+                    .iter()
+                    .find(|q| q.index == s.question_index)
+                    .with_context(|| format!("{} has no question {}", s.dataset, s.question_index))?;
+                let mut ids = crate::sweep::render_prompt(&lm, plan, q)?;
+                ids.extend(crate::tokenizer::encode(&lm.tokenizer, &s.completion)?);
+                traces.push(ids);
+            }
+            Ok((plan.model.clone(), lm, traces))
+        }
+        TraceSource::Solutions { model, dataset, limit } => {
+            let def = crate::datasets::definition(dataset)?;
+            let params = def.generator.clone().with_context(|| {
+                format!(
+                    "--solutions needs a generated dataset (synthetic-chain-train); {dataset} has no worked solutions"
+                )
+            })?;
+            let source = crate::model::load::ModelSource::parse(model)?;
+            let lm = crate::model::load::load(&source, load)?;
+            let mut traces = Vec::new();
+            for i in 0..limit.unwrap_or(params.rows).min(params.rows) {
+                let p = crate::synthetic::problem(&params, i);
+                let prompt = match &lm.chat_template {
+                    Some(t) => t.render(&[crate::chat::ChatMessage::user(p.question.clone())], true)?,
+                    None => p.question.clone(),
+                };
+                // A template that opens the thinking (as R1's does) already holds `<think>`.
+                let solution = p.solution();
+                let solution = match solution.strip_prefix("<think>") {
+                    Some(rest) if prompt.ends_with("<think>") => rest.to_string(),
+                    _ => solution,
+                };
+                traces.push(crate::tokenizer::encode(&lm.tokenizer, &(prompt + &solution))?);
+            }
+            Ok((source.display(), lm, traces))
+        }
+    }
+}
+
+/// `kvbench dynts collect`: labels the traces of `source` and writes `traces.safetensors`
+/// (`hidden [N, d]`, `importance [N]`, `trace [N]`, `position [N]`) and `collect.json` into `out`.
+pub fn collect(source: &TraceSource, out: &Path, data_dir: &Path, load: &LoadOptions) -> Result<CollectSummary> {
+    let (model, lm, candidates) = candidate_traces(source, data_dir, load)?;
     let think_start_id = lm.tokenizer.token_to_id("<think>").context("the model's tokenizer has no <think> token")?;
     let think_end_id = lm.tokenizer.token_to_id("</think>").context("the model's tokenizer has no </think> token")?;
-    let mut questions = HashMap::new();
     let (mut hidden, mut importance, mut trace, mut position) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut skipped = 0;
-    let progress = indicatif::ProgressBar::new(chosen.len() as u64);
-    for s in &chosen {
-        if !questions.contains_key(&s.dataset) {
-            let def = crate::datasets::definition(&s.dataset)?;
-            questions.insert(s.dataset.clone(), def.load(data_dir)?);
-        }
-        let q = questions[&s.dataset]
-            .iter()
-            .find(|q| q.index == s.question_index)
-            .with_context(|| format!("{} has no question {}", s.dataset, s.question_index))?;
-        let mut ids = crate::sweep::render_prompt(&lm, plan, q)?;
-        ids.extend(crate::tokenizer::encode(&lm.tokenizer, &s.completion)?);
+    let progress = indicatif::ProgressBar::new(candidates.len() as u64);
+    for ids in &candidates {
+        progress.inc(1);
         let at = |id: u32| ids.iter().enumerate().filter(|(_, &t)| t == id).map(|(i, _)| i).collect::<Vec<_>>();
         let (starts, ends) = (at(think_start_id), at(think_end_id));
         if starts.len() != 1 || ends.len() != 1 || ends[0] <= starts[0] + 1 || ends[0] + 1 >= ids.len() {
             skipped += 1;
-            progress.inc(1);
             continue;
         }
-        let l = label_trace(&lm, &ids, starts[0], ends[0], CHUNK)?;
+        let l = label_trace(&lm, ids, starts[0], ends[0], CHUNK)?;
         let n = l.importance.len();
         hidden.push(l.hidden);
         importance.extend(l.importance);
         trace.extend(std::iter::repeat_n((hidden.len() - 1) as u32, n));
         position.extend((starts[0] + 1..ends[0]).map(|p| p as u32));
-        progress.inc(1);
     }
     progress.finish_and_clear();
     ensure!(!hidden.is_empty(), "no trace had exactly one <think> and one </think> with an answer after it");
@@ -184,18 +239,20 @@ pub fn collect(run: &Path, out: &Path, data_dir: &Path, load: &LoadOptions) -> R
     crate::results::save_safetensors(&tensors, &out.join("traces.safetensors"))?;
     let cfg = lm.model.config();
     let summary = CollectSummary {
-        run: run.to_path_buf(),
-        model: plan.model.clone(),
+        source: source.clone(),
+        model,
         model_arch: format!("{:?}", cfg.arch).to_lowercase(),
         hidden_size: cfg.hidden_size,
-        samples: samples.len(),
-        correct_full_cache: chosen.len(),
+        candidates: candidates.len(),
         traces: hidden.len(),
         skipped_format: skipped,
         thinking_tokens: n,
         kvbench_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    crate::results::write_atomic(&out.join("collect.json"), (serde_json::to_string_pretty(&summary)? + "\n").as_bytes())?;
+    crate::results::write_atomic(
+        &out.join("collect.json"),
+        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+    )?;
     Ok(summary)
 }
 
@@ -287,8 +344,11 @@ fn weighted_mse(pred: &Tensor, y: &Tensor) -> Result<Tensor> {
 pub fn fit(o: &FitOptions) -> Result<FitReport> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let t = candle_core::safetensors::load(&o.traces, &dev).with_context(|| format!("reading {}", o.traces.display()))?;
-    let get = |k: &str| t.get(k).cloned().with_context(|| format!("{} lacks '{k}' (not written by dynts collect?)", o.traces.display()));
+    let t =
+        candle_core::safetensors::load(&o.traces, &dev).with_context(|| format!("reading {}", o.traces.display()))?;
+    let get = |k: &str| {
+        t.get(k).cloned().with_context(|| format!("{} lacks '{k}' (not written by dynts collect?)", o.traces.display()))
+    };
     let (hidden, importance, trace) = (get("hidden")?, get("importance")?, get("trace")?);
     let summary_path = o.traces.with_file_name("collect.json");
     let arch = std::fs::read_to_string(&summary_path)
@@ -301,7 +361,8 @@ pub fn fit(o: &FitOptions) -> Result<FitReport> {
     let (h1, h2) = o.hidden.unwrap_or((2 * d, (d / 2).max(1)));
     let y: Vec<f32> = importance.to_vec1::<f32>()?.into_iter().map(|i| transform.apply(i)).collect();
     let trace: Vec<u32> = trace.to_vec1()?;
-    let (train_idx, val_idx): (Vec<u32>, Vec<u32>) = (0..y.len() as u32).partition(|&i| trace[i as usize] % 10 != 0);
+    let (train_idx, val_idx): (Vec<u32>, Vec<u32>) =
+        (0..y.len() as u32).partition(|&i| !trace[i as usize].is_multiple_of(10));
     ensure!(!train_idx.is_empty() && !val_idx.is_empty(), "too few traces to hold out every 10th (need ≥ 2)");
     ensure!(o.epochs > 0 && o.batch > 0, "--epochs and --batch must be positive");
     let y = Tensor::from_vec(y, trace.len(), &dev)?;
@@ -325,7 +386,8 @@ pub fn fit(o: &FitOptions) -> Result<FitReport> {
         b3: uniform(1, 1, h2)?,
     };
     let vars = vec![head.fc1.clone(), head.fc2.clone(), head.b2.clone(), head.fc3.clone(), head.b3.clone()];
-    let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: o.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 })?;
+    let mut opt =
+        AdamW::new(vars.clone(), ParamsAdamW { lr: o.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 })?;
     let validation_loss_initial = weighted_mse(&head.forward(&val_x)?, &val_y)?.to_scalar::<f32>()? as f64;
     let per_epoch = train_idx.len().div_ceil(o.batch);
     let total = per_epoch * o.epochs;
@@ -354,7 +416,11 @@ pub fn fit(o: &FitOptions) -> Result<FitReport> {
     }
     let val_pred = head.forward(&val_x)?;
     let validation_loss = weighted_mse(&val_pred, &val_y)?.to_scalar::<f32>()? as f64;
-    let validation_spearman = mean_spearman(&val_pred.to_vec1()?, &val_y.to_vec1()?, &val_idx.iter().map(|&i| trace[i as usize]).collect::<Vec<_>>());
+    let validation_spearman = mean_spearman(
+        &val_pred.to_vec1()?,
+        &val_y.to_vec1()?,
+        &val_idx.iter().map(|&i| trace[i as usize]).collect::<Vec<_>>(),
+    );
     let tensors: HashMap<String, Tensor> = [
         ("fc1.weight", head.fc1.as_tensor()),
         ("fc2.weight", head.fc2.as_tensor()),
@@ -382,7 +448,10 @@ pub fn fit(o: &FitOptions) -> Result<FitReport> {
         seconds: start.elapsed().as_secs_f64(),
         kvbench_version: env!("CARGO_PKG_VERSION"),
     };
-    crate::results::write_atomic(&o.out.with_extension("json"), (serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
+    crate::results::write_atomic(
+        &o.out.with_extension("json"),
+        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+    )?;
     Ok(report)
 }
 
@@ -422,16 +491,12 @@ mod tests {
     use super::*;
     use crate::toy::ToyShape;
 
-    fn tiny() -> ToyShape {
-        ToyShape { hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, intermediate_size: 48, ..ToyShape::default() }
-    }
-
     /// With the query projections zeroed every score is 0, so attention is uniform over the causal
     /// prefix, a(i→j) = 1/(i+1): the labels have a closed form.
     #[test]
     fn labels_are_the_mean_answer_attention_with_the_diagonal_zeroed() {
         let dir = std::env::temp_dir().join(format!("kvbench-labels-{}", std::process::id()));
-        crate::toy::train::write_initial_model(&dir, &tiny(), 4).unwrap();
+        crate::toy::train::write_initial_model(&dir, &ToyShape::tiny(), 4).unwrap();
         let path = dir.join("model.safetensors");
         let mut w = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
         for (name, t) in w.iter_mut() {
@@ -455,8 +520,8 @@ mod tests {
             let queries: Vec<usize> = (te + 1..ids.len()).collect();
             for (k, &got) in l.importance.iter().enumerate() {
                 let j = ts + 1 + k;
-                let want: f64 =
-                    queries.iter().map(|&i| if j != i { 1.0 / (i + 1) as f64 } else { 0.0 }).sum::<f64>() / queries.len() as f64;
+                let want: f64 = queries.iter().map(|&i| if j != i { 1.0 / (i + 1) as f64 } else { 0.0 }).sum::<f64>()
+                    / queries.len() as f64;
                 assert!((got as f64 - want).abs() < 1e-5, "chunk {chunk}, key {j}: {got} vs {want}");
             }
         }

@@ -20,11 +20,20 @@ use crate::chat::ChatTemplate;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ModelSource {
-    Gguf { path: PathBuf },
-    HfDir { path: PathBuf },
-    Hub { repo: String, revision: String },
+    Gguf {
+        path: PathBuf,
+    },
+    HfDir {
+        path: PathBuf,
+    },
+    Hub {
+        repo: String,
+        revision: String,
+    },
     /// The committed toy model (`builtin:toy-chain`, an HF folder in this checkout).
-    BuiltIn { name: String },
+    BuiltIn {
+        name: String,
+    },
 }
 
 impl ModelSource {
@@ -115,8 +124,12 @@ pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
         ModelSource::Hub { repo, revision } => load_hf(source, &HfFiles::from_hub(repo, revision)?, opts),
         ModelSource::BuiltIn { .. } => {
             let dir = crate::toy::builtin_dir();
-            let files = HfFiles::from_dir(&dir)
-                .with_context(|| format!("the built-in model is missing from this checkout (make it with `kvbench train-toy --out {}`)", dir.display()))?;
+            let files = HfFiles::from_dir(&dir).with_context(|| {
+                format!(
+                    "the built-in model is missing from this checkout (make it with `kvbench train-toy --out {}`)",
+                    dir.display()
+                )
+            })?;
             load_hf(source, &files, opts)
         }
     }

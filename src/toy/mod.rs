@@ -107,6 +107,12 @@ impl Default for ToyShape {
 }
 
 impl ToyShape {
+    /// A two-layer shape for tests.
+    #[cfg(test)]
+    pub(crate) fn tiny() -> Self {
+        Self { hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, intermediate_size: 48, ..Self::default() }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
@@ -152,7 +158,10 @@ pub fn write_model_files(dir: &Path, shape: &ToyShape) -> Result<()> {
 /// The training text of one problem: what the chat template renders for its question, then the
 /// solution and EOS. Returns the token ids and the index of the `<think>` token (the loss covers
 /// every token after it).
-pub fn training_tokens(tokenizer: &tokenizers::Tokenizer, problem: &crate::synthetic::ChainProblem) -> Result<(Vec<u32>, usize)> {
+pub fn training_tokens(
+    tokenizer: &tokenizers::Tokenizer,
+    problem: &crate::synthetic::ChainProblem,
+) -> Result<(Vec<u32>, usize)> {
     let text = format!("<s>{}{}</s>", problem.question, problem.solution());
     let ids = crate::tokenizer::encode(tokenizer, &text)?;
     let think = ids.iter().position(|&t| t == THINK).context("no <think> in a training text")?;

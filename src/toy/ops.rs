@@ -99,15 +99,17 @@ mod tests {
         let t = 7;
         let data: Vec<f32> = (0..2 * 3 * t * t).map(|i| ((i * 37 % 101) as f32 / 17.0).sin() * 3.0).collect();
         let x = Var::from_tensor(&Tensor::from_vec(data, (2, 3, t, t), &dev).unwrap()).unwrap();
-        let w = Tensor::from_vec((0..2 * 3 * t * t).map(|i| (i % 13) as f32 - 6.0).collect(), (2, 3, t, t), &dev)
-            .unwrap();
+        let w =
+            Tensor::from_vec((0..2 * 3 * t * t).map(|i| (i % 13) as f32 - 6.0).collect(), (2, 3, t, t), &dev).unwrap();
         let scale = 0.3f32;
         let ours = causal_softmax(x.as_tensor(), scale).unwrap();
         let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { -1e9 } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
-        let theirs = candle_nn::ops::softmax(&(x.as_tensor() * scale as f64).unwrap().broadcast_add(&mask).unwrap(), D::Minus1)
-            .unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let theirs =
+            candle_nn::ops::softmax(&(x.as_tensor() * scale as f64).unwrap().broadcast_add(&mask).unwrap(), D::Minus1)
+                .unwrap();
+        let max_diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
         let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &w).unwrap().sum_all().unwrap().backward().unwrap();

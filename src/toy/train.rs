@@ -135,8 +135,10 @@ pub fn forward(shape: &ToyShape, weights: &dyn Fn(&str) -> Tensor, tokens: &Tens
         Ok(Tensor::cat(&[a, c], D::Minus1)?)
     };
     let lin = |x: &Tensor, name: &str| -> Result<Tensor> { Ok(x.matmul(&weights(name).t()?)?) };
-    let norm = |x: &Tensor, name: &str| -> Result<Tensor> { Ok(candle_nn::ops::rms_norm_slow(x, &weights(name), eps)?) };
-    let heads = |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+    let norm =
+        |x: &Tensor, name: &str| -> Result<Tensor> { Ok(candle_nn::ops::rms_norm_slow(x, &weights(name), eps)?) };
+    let heads =
+        |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
     // [b, kv, t, hd] → [b, heads, t, hd], head h reading KV head h / groups (HF repeat_kv).
     let repeat = |x: Tensor| -> Result<Tensor> {
         let g = nh / nkv;
@@ -173,9 +175,14 @@ struct Batch {
     problems: usize,
 }
 
+/// A tokenized problem: its ids and the index of its `<think>`.
+type Tokenized = (Vec<u32>, usize);
+/// The current pool: its index and its batches.
+type Pool = Option<(usize, Vec<Vec<Tokenized>>)>;
+
 /// Problems `first..first + n`, padded to the longest of them.
 fn make_batch(tok: &tokenizers::Tokenizer, task: &ChainParams, first: usize, n: usize, dev: &Device) -> Result<Batch> {
-    let seqs: Vec<(Vec<u32>, usize)> =
+    let seqs: Vec<Tokenized> =
         (first..first + n).map(|i| training_tokens(tok, &problem(task, i))).collect::<Result<_>>()?;
     batch_of(&seqs, dev)
 }
@@ -189,17 +196,17 @@ fn training_batch(
     tok: &tokenizers::Tokenizer,
     o: &TrainOptions,
     step: usize,
-    pool: &mut Option<(usize, Vec<Vec<(Vec<u32>, usize)>>)>,
+    pool: &mut Pool,
     dev: &Device,
 ) -> Result<Batch> {
     let index = step / POOL;
     if pool.as_ref().is_none_or(|(i, _)| *i != index) {
         let first = index * POOL * o.batch;
-        let mut seqs: Vec<(Vec<u32>, usize)> = (first..first + POOL * o.batch)
+        let mut seqs: Vec<Tokenized> = (first..first + POOL * o.batch)
             .map(|i| training_tokens(tok, &problem(&o.task, i)))
             .collect::<Result<_>>()?;
         seqs.sort_by_key(|(s, _)| s.len());
-        let mut batches: Vec<Vec<(Vec<u32>, usize)>> = Vec::with_capacity(POOL);
+        let mut batches: Vec<Vec<Tokenized>> = Vec::with_capacity(POOL);
         while !seqs.is_empty() {
             let rest = seqs.split_off(o.batch.min(seqs.len()));
             batches.push(std::mem::replace(&mut seqs, rest));
@@ -214,7 +221,7 @@ fn training_batch(
     batch_of(&batches[step % POOL], dev)
 }
 
-fn batch_of(seqs: &[(Vec<u32>, usize)], dev: &Device) -> Result<Batch> {
+fn batch_of(seqs: &[Tokenized], dev: &Device) -> Result<Batch> {
     let n = seqs.len();
     let t = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(1) - 1;
     let mut flat = Vec::with_capacity(n * t);
@@ -307,7 +314,10 @@ struct TrainingRecord<'a> {
 
 /// Trains and writes the model folder. Returns the held-out scores at the end.
 pub fn train(o: &TrainOptions) -> Result<Scores> {
-    ensure!(o.steps > o.first_step && o.batch > 0 && o.warmup > 0, "--steps must exceed --first-step; --batch and --warmup must be positive");
+    ensure!(
+        o.steps > o.first_step && o.batch > 0 && o.warmup > 0,
+        "--steps must exceed --first-step; --batch and --warmup must be positive"
+    );
     o.task.validate()?;
     let dev = Device::Cpu;
     keep_freed_memory();
@@ -315,7 +325,8 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
     let params = init_params(&o.shape, o.seed, &dev)?;
     if let Some(dir) = &o.init {
         let path = dir.join("model.safetensors");
-        let saved = candle_core::safetensors::load(&path, &dev).with_context(|| format!("reading {}", path.display()))?;
+        let saved =
+            candle_core::safetensors::load(&path, &dev).with_context(|| format!("reading {}", path.display()))?;
         for (name, var) in &params.vars {
             let t = saved.get(name).with_context(|| format!("{} lacks {name}", path.display()))?;
             var.set(t).with_context(|| format!("{}: {name} has another shape", path.display()))?;
@@ -348,7 +359,10 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
         .with_context(|| format!("creating {}", log_path.display()))?;
     let mut log = std::io::BufWriter::new(file);
     if !extend {
-        writeln!(log, "step,lr,loss,token_acc,lookup_acc,solved,eval_loss,eval_token_acc,eval_lookup_acc,eval_solved,seconds")?;
+        writeln!(
+            log,
+            "step,lr,loss,token_acc,lookup_acc,solved,eval_loss,eval_token_acc,eval_lookup_acc,eval_solved,seconds"
+        )?;
     }
     eprintln!(
         "training the toy model: {n_params} parameters, {} steps × {} problems, {} threads",
@@ -423,7 +437,10 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
         parameters: n_params,
         final_eval,
     };
-    crate::results::write_atomic(&o.out.join("training.json"), (serde_json::to_string_pretty(&record)? + "\n").as_bytes())?;
+    crate::results::write_atomic(
+        &o.out.join("training.json"),
+        (serde_json::to_string_pretty(&record)? + "\n").as_bytes(),
+    )?;
     Ok(final_eval)
 }
 
@@ -484,14 +501,10 @@ mod tests {
     use crate::model::config::ModelConfig;
     use crate::model::transformer::{SeqStep, Transformer};
 
-    fn small() -> ToyShape {
-        ToyShape { hidden_size: 32, num_layers: 2, num_heads: 4, num_kv_heads: 2, intermediate_size: 48, ..ToyShape::default() }
-    }
-
     /// The training forward and the inference decoder are the same function of the same weights.
     #[test]
     fn training_forward_equals_the_decoder() {
-        let shape = small();
+        let shape = ToyShape::tiny();
         let dev = Device::Cpu;
         let params = init_params(&shape, 5, &dev).unwrap();
         let tok = super::super::tokenizer().unwrap();
@@ -502,7 +515,8 @@ mod tests {
         let ours = forward(&shape, &weights, &tokens).unwrap();
 
         let cfg = ModelConfig::from_hf_json(&shape.config_json().to_string()).unwrap();
-        let map: HashMap<String, Tensor> = params.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let map: HashMap<String, Tensor> =
+            params.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         let vb = candle_nn::VarBuilder::from_tensors(map, DType::F32, &dev);
         let model = Transformer::load(&cfg, vb).unwrap();
         let mut cache = model.new_cache(ids.len()).unwrap();
@@ -525,7 +539,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kvbench-toy-train-{}", std::process::id()));
         let o = TrainOptions {
             out: dir.join("a"),
-            shape: small(),
+            shape: ToyShape::tiny(),
             task: ChainParams { seed: 1, rows: 1, facts: [4, 4], steps: [6, 6], fact_ref: 0.4 },
             seed: 3,
             steps: 30,
