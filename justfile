@@ -50,6 +50,15 @@ train-predictor: build
     target/release/kvbench dynts collect --solutions synthetic-chain-train --model builtin:toy-chain --out target/toy-traces
     target/release/kvbench dynts train --traces target/toy-traces/traces.safetensors --transform qwen --out assets/toy-chain/dynts-predictor.safetensors
 
+# The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, seven policies, then its figures.
+smollm2-cpu: fetch-test-model build
+    target/release/kvbench run --experiment experiments/smollm2-cpu.toml --data-dir {{data_dir}}
+    target/release/kvbench plot results/smollm2-cpu/summary.csv
+
+# Run every test (the test model is fetched first; tests that need it fail without it).
+test: fetch-test-model
+    KVBENCH_REQUIRE_TEST_MODEL=1 KVBENCH_DATA_DIR={{data_dir}} cargo test --release
+
 # Build with CUDA into target-cuda/ (nvcc from PATH, else CUDA 13.0 wheels from PyPI; see the script).
 build-cuda *ARGS:
     scripts/build-cuda.sh {{ARGS}}
