@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn every_definition_parses() {
         let defs = definitions().unwrap();
-        assert_eq!(defs.len(), 9);
+        assert_eq!(defs.len(), 10);
         assert!(definition("nope").unwrap_err().to_string().contains("unknown dataset 'nope'"));
     }
 
