@@ -181,10 +181,7 @@ fn candidate_traces(
             let mut traces = Vec::new();
             for i in 0..limit.unwrap_or(params.rows).min(params.rows) {
                 let p = crate::synthetic::problem(&params, i);
-                let prompt = match &lm.chat_template {
-                    Some(t) => t.render(&[crate::chat::ChatMessage::user(p.question.clone())], true)?,
-                    None => p.question.clone(),
-                };
+                let prompt = crate::sweep::prompt_text(&lm, p.question.clone())?;
                 // A template that opens the thinking (as R1's does) already holds `<think>`.
                 let solution = p.solution();
                 let solution = match solution.strip_prefix("<think>") {

@@ -295,11 +295,15 @@ pub(crate) fn render_prompt(lm: &LoadedModel, plan: &Plan, q: &Question) -> Resu
     if let Some(instr) = &plan.instruction {
         content = format!("{content}\n{instr}");
     }
-    let text = match &lm.chat_template {
+    crate::tokenizer::encode(&lm.tokenizer, &prompt_text(lm, content)?)
+}
+
+/// A user message as the model is prompted with it: through its chat template, if it has one.
+pub(crate) fn prompt_text(lm: &LoadedModel, content: String) -> Result<String> {
+    Ok(match &lm.chat_template {
         Some(t) => t.render(&[ChatMessage::user(content)], true)?,
         None => content,
-    };
-    crate::tokenizer::encode(&lm.tokenizer, &text)
+    })
 }
 
 /// Where and how a plan runs.

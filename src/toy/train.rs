@@ -112,7 +112,7 @@ fn init_params(shape: &ToyShape, seed: u64, dev: &Device) -> Result<Params> {
 pub fn forward(shape: &ToyShape, weights: &dyn Fn(&str) -> Tensor, tokens: &Tensor) -> Result<Tensor> {
     let (b, t) = tokens.dims2()?;
     let dev = tokens.device();
-    let (d, hd) = (shape.hidden_size, shape.head_dim());
+    let hd = shape.head_dim();
     let (nh, nkv) = (shape.num_heads, shape.num_kv_heads);
     let eps = shape.rms_norm_eps as f32;
     let half = hd / 2;
@@ -159,7 +159,6 @@ pub fn forward(shape: &ToyShape, weights: &dyn Fn(&str) -> Tensor, tokens: &Tens
         let u = lin(&h, &format!("{p}.mlp.up_proj.weight"))?;
         x = (x + lin(&(g * u)?, &format!("{p}.mlp.down_proj.weight"))?)?;
     }
-    let _ = d;
     lin(&norm(&x, "model.norm.weight")?, "lm_head.weight")
 }
 
