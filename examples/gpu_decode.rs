@@ -6,7 +6,7 @@
 //! is memory-bound: each step must read every weight once plus each sequence's K/V cache, so
 //!   roofline % = (weight bytes + KV bytes read) / step time / copy bandwidth,
 //! where the copy bandwidth (bytes read + written per second) is measured here with a large
-//! device-to-device copy. Budgeted policies (`--policy`) run at batch 1 through the same harness
+//! device-to-device copy (`kvbench::bench::copy_bandwidth`, as `kvbench bench` does). Budgeted policies (`--policy`) run at batch 1 through the same harness
 //! as `kvbench run`.
 //!
 //! GPU: `scripts/build-cuda.sh --example gpu_decode`, then
@@ -151,14 +151,6 @@ fn random_weights(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Ha
 
 /// Bytes a decode step reads from the weights: all of them except the embedding table, of which
 /// it gathers only one row per sequence (unless the table doubles as `lm_head`).
-fn weight_bytes_per_step(cfg: &ModelConfig, weights: &HashMap<String, Tensor>) -> usize {
-    weights
-        .iter()
-        .filter(|(name, _)| cfg.tie_word_embeddings || name.as_str() != "model.embed_tokens.weight")
-        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
-        .sum()
-}
-
 fn tokens(n: usize, vocab: usize, rng: &mut Rng) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
@@ -182,50 +174,6 @@ fn parse_dtype(name: Option<&str>, device: &Device) -> Result<DType> {
         Some("f16") => DType::F16,
         Some(other) => bail!("--dtype must be f32, bf16 or f16, got '{other}'"),
     })
-}
-
-/// Bytes read + written per second by a device-to-device copy of `gib` GiB between preallocated
-/// buffers (median of 10). On CUDA the larger of candle's copy kernel and the driver's memcpy: the
-/// kernel reached under half of the memcpy on an H200. (`Tensor::copy` allocates each time, which
-/// would count the allocation too.)
-fn copy_bandwidth(device: &Device, gib: f64) -> Result<(f64, Option<f64>)> {
-    let n = (gib * (1u64 << 30) as f64 / 4.0) as usize;
-    let src = Tensor::rand(-1f32, 1f32, n, device)?;
-    let dst = Tensor::zeros(n, DType::F32, device)?;
-    let kernel = median_secs(device, || Ok(dst.slice_set(&src, 0, 0)?))?;
-    drop((src, dst));
-    Ok((2.0 * (n * 4) as f64 / kernel, driver_copy_bandwidth(device, n * 4)?))
-}
-
-fn median_secs(device: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut times = Vec::new();
-    for i in 0..12 {
-        device.synchronize()?;
-        let t = Instant::now();
-        f()?;
-        device.synchronize()?;
-        if i >= 2 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-#[cfg(feature = "cuda")]
-fn driver_copy_bandwidth(device: &Device, bytes: usize) -> Result<Option<f64>> {
-    let Device::Cuda(dev) = device else { return Ok(None) };
-    let stream = dev.cuda_stream();
-    // Zeros are fine here: a plain memcpy does no arithmetic and these buffers are not compressible.
-    let src = stream.alloc_zeros::<u8>(bytes)?;
-    let mut dst = stream.alloc_zeros::<u8>(bytes)?;
-    let secs = median_secs(device, || Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
-    Ok(Some(2.0 * bytes as f64 / secs))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn driver_copy_bandwidth(_device: &Device, _bytes: usize) -> Result<Option<f64>> {
-    Ok(None)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -457,19 +405,15 @@ fn main() -> Result<()> {
     }
     let cfg = if args.tiny { tiny() } else { r1_distill_qwen_1_5b() };
     let bw_gib = args.bw_gib.unwrap_or(if device.is_cpu() { 0.25 } else { 4.0 });
-    let (kernel_bw, driver_bw) = copy_bandwidth(&device, bw_gib)?;
-    println!("copy bandwidth ({bw_gib} GiB, read + write): candle kernel {:.1} GB/s", kernel_bw / 1e9);
-    if let Some(d) = driver_bw {
-        println!("copy bandwidth ({bw_gib} GiB, read + write): driver memcpy {:.1} GB/s", d / 1e9);
-    }
-    let bw = driver_bw.unwrap_or(0.0).max(kernel_bw);
+    let bw = kvbench::bench::copy_bandwidth(&device, bw_gib)?;
+    println!("copy bandwidth ({bw_gib} GiB, read + write): {:.1} GB/s", bw / 1e9);
 
     let t = Instant::now();
     if !device.is_cpu() {
         device.set_seed(args.seed)?;
     }
     let weights = random_weights(&cfg, dtype, &device)?;
-    let weight_bytes = weight_bytes_per_step(&cfg, &weights);
+    let weight_bytes = kvbench::bench::weight_bytes_per_step(&cfg, dtype);
     let model = Transformer::load(&cfg, VarBuilder::from_tensors(weights, dtype, &device))?;
     device.synchronize()?;
     println!(

@@ -47,6 +47,10 @@ pub enum Command {
     /// Compare a run's accuracy per configuration with a reference run: exit 0 within tolerance,
     /// 1 when a configuration moved beyond it, 2 when they cannot be compared.
     Check(CheckArgs),
+    /// Time decoding under each policy: prefill and decode throughput at several context lengths,
+    /// time to first token, the policy's share of step time, peak memory and the share of the
+    /// memory-bandwidth roofline reached; a table on screen and a CSV.
+    Bench(Box<BenchArgs>),
     /// DynTS's importance predictor: `collect` labels from a run's correct full-cache traces,
     /// `train` fits the predictor that `--predictor` then loads.
     #[command(subcommand)]
@@ -137,6 +141,51 @@ pub struct DyntsTrainArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Policies to time (see `kvbench policies`; `all` = the figure's eight).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub policies: Vec<String>,
+    /// B of the budgeted policies (5000, 5k, 4.5k).
+    #[arg(long, default_value = "1k")]
+    pub budget: String,
+    /// W, the most recent tokens always kept.
+    #[arg(long, default_value = "400")]
+    pub window: String,
+    /// r, the fraction of the older part kept at each eviction.
+    #[arg(long, default_value_t = 0.3)]
+    pub ratio: f64,
+    /// DynTS's predictor weights; without, the dynts policies time a random predictor of the
+    /// paper's shape (the CSV's `predictor` column says so).
+    #[arg(long)]
+    pub predictor: Option<PathBuf>,
+    /// Prompt tokens (seeded random ids) before decoding starts.
+    #[arg(long, default_value = "128")]
+    pub prompt: String,
+    /// History lengths (prompt + generated) where prefill and decode are timed, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "512,1k,2k")]
+    pub context: Vec<String>,
+    /// Timed decode steps at each context.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+    /// Sequences decoded together (one stacked forward per step).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Prompt tokens per prefill forward.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// GiB copied to measure the memory bandwidth.
+    #[arg(long, default_value_t = 1.0)]
+    pub bandwidth_gib: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The CSV to write (atomically).
+    #[arg(long, default_value = "results/bench.csv")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct TrainToyArgs {
     /// The model folder to write (config, tokenizer, weights, training.json, train-log.csv).
     #[arg(long, default_value = crate::toy::BUILTIN_DIR)]
@@ -147,6 +196,14 @@ pub struct TrainToyArgs {
     /// Seed of the stream of training problems (the evaluation set, synthetic-chain, uses 2026).
     #[arg(long, default_value_t = 7)]
     pub task_seed: u64,
+    /// The operations of the training problems: "+" (synthetic-chain's) or "+-" (the first two
+    /// stages of the committed model's curriculum).
+    #[arg(long, default_value = "+")]
+    pub ops: String,
+    /// Chance that a training statement's older operand is a fact (the evaluation set's is 0.8:
+    /// a budget test's choice; the model learns both kinds of lookup at 0.4).
+    #[arg(long, default_value_t = 0.4)]
+    pub fact_ref: f64,
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     /// Problems per step (fresh every step).

@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Plot(args) => cmd_plot(args),
         Command::TrainToy(args) => cmd_train_toy(args),
         Command::Check(args) => cmd_check(args),
+        Command::Bench(args) => cmd_bench(*args),
         Command::Dynts(crate::cli::DyntsCommand::Collect(args)) => cmd_dynts_collect(args),
         Command::Dynts(crate::cli::DyntsCommand::Train(args)) => cmd_dynts_train(args),
     }
@@ -84,13 +85,56 @@ fn cmd_dynts_train(args: crate::cli::DyntsTrainArgs) -> Result<u8> {
     Ok(0)
 }
 
+fn cmd_bench(args: crate::cli::BenchArgs) -> Result<u8> {
+    use crate::policies::parse_tokens;
+    let names = crate::policies::registry::expand_names(&args.policies)?;
+    let policies = names.iter().map(|n| PolicySpec::resolve(n, None)).collect::<Result<Vec<_>>>()?;
+    let budget = crate::policies::Budget {
+        budget: parse_tokens(&args.budget).context("--budget")?,
+        window: parse_tokens(&args.window).context("--window")?,
+        ratio: args.ratio,
+    };
+    budget.validate()?;
+    let contexts = args
+        .context
+        .iter()
+        .map(|c| parse_tokens(c).with_context(|| format!("--context {c}")))
+        .collect::<Result<Vec<_>>>()?;
+    let source = args.model.source()?;
+    let plan = crate::bench::BenchPlan {
+        predictor: args.predictor.or_else(|| {
+            matches!(source, crate::model::load::ModelSource::BuiltIn { .. })
+                .then(|| crate::toy::builtin_dir().join("dynts-predictor.safetensors"))
+        }),
+        source,
+        load: args.model.load_options()?,
+        policies,
+        budget,
+        prompt: parse_tokens(&args.prompt).context("--prompt")?,
+        contexts,
+        steps: args.steps,
+        batch: args.batch,
+        prefill_chunk: args.prefill_chunk,
+        seed: args.seed,
+        bandwidth_gib: args.bandwidth_gib,
+        out: args.out,
+    };
+    plan.validate()?;
+    let lm = load::load(&plan.source, &plan.load)?;
+    let rows = crate::bench::run(&plan, &lm)?;
+    crate::results::write_atomic(&plan.out, &crate::bench::csv(&rows)?)?;
+    eprintln!("wrote {} ({} rows)", plan.out.display(), rows.len());
+    Ok(0)
+}
+
 fn cmd_train_toy(args: crate::cli::TrainToyArgs) -> Result<u8> {
     let def = crate::datasets::definition(crate::toy::BUILTIN_DATASET)?;
     let task = def.generator.context("synthetic-chain has no generator")?;
     let o = crate::toy::train::TrainOptions {
         out: args.out,
         shape: crate::toy::ToyShape::default(),
-        task: crate::synthetic::ChainParams { seed: args.task_seed, ..task },
+        // The evaluation set's lengths; the mix of lookups and operations of the training stream.
+        task: crate::synthetic::ChainParams { seed: args.task_seed, ops: args.ops, fact_ref: args.fact_ref, ..task },
         seed: args.seed,
         steps: args.steps,
         batch: args.batch,

@@ -2,6 +2,7 @@
 //! speed and memory? The layout reads top-down: CLI → plan → runner → (model, cache, policy) →
 //! grading → results → plots.
 
+pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod check;

@@ -8,6 +8,7 @@
 //! answer:   \boxed{9}
 //! ```
 //!
+//! (`ops = "+-"`; the committed sets, `ops = "+"`, add only: see datasets/synthetic-chain.toml.)
 //! Each thinking line restates its operands' values, so an older operand must be looked up: in the
 //! question (a fact) or in an earlier line (a derived value). Why this shape (from the prototype in
 //! spec/toy-benchmark.md): lengths vary, so a budget bites long problems and spares short ones;
@@ -34,6 +35,9 @@ pub struct ChainParams {
     pub steps: [usize; 2],
     /// Chance that a statement's older operand is a fact rather than a derived value.
     pub fact_ref: f64,
+    /// The operations drawn from, mod 10: `"+-"` or `"+"`. The draw is the same either way, so
+    /// one seed gives the same programs whatever the operations.
+    pub ops: String,
 }
 
 impl ChainParams {
@@ -44,8 +48,12 @@ impl ChainParams {
             && self.steps[0] <= self.steps[1]
             && self.facts[1] + self.steps[1] <= 26
             && (0.0..=1.0).contains(&self.fact_ref)
-            && self.rows > 0;
-        anyhow::ensure!(ok, "synthetic-chain parameters out of range: {self:?} (facts ≥ 2, facts + steps ≤ 26)");
+            && self.rows > 0
+            && matches!(self.ops.as_str(), "+" | "+-");
+        anyhow::ensure!(
+            ok,
+            "synthetic-chain parameters out of range: {self:?} (facts ≥ 2, facts + steps ≤ 26, ops \"+\" or \"+-\")"
+        );
         Ok(())
     }
 }
@@ -91,7 +99,7 @@ pub fn problem(params: &ChainParams, index: usize) -> ChainProblem {
         } else {
             pick(&mut rng, derived_older.start, derived_older.end - 1)
         };
-        let plus = rng.next_u64().is_multiple_of(2);
+        let plus = rng.next_u64().is_multiple_of(2) || params.ops == "+";
         let (a, b) = (values[prev], values[older]);
         let v = if plus { (a + b) % 10 } else { (a + 10 - b) % 10 };
         let op = if plus { '+' } else { '-' };
@@ -132,7 +140,7 @@ mod tests {
     use super::*;
 
     fn params() -> ChainParams {
-        ChainParams { seed: 1, rows: 200, facts: [4, 6], steps: [6, 20], fact_ref: 0.4 }
+        ChainParams { seed: 1, rows: 200, facts: [4, 6], steps: [6, 20], fact_ref: 0.4, ops: "+-".into() }
     }
 
     /// Re-derives every value from the question alone, as a model would have to.
@@ -192,9 +200,21 @@ mod tests {
     }
 
     #[test]
+    fn addition_only_keeps_the_programs_and_changes_only_the_operations() {
+        let (mixed, plus) = (params(), ChainParams { ops: "+".into(), ..params() });
+        for i in 0..20 {
+            let (m, p) = (problem(&mixed, i), problem(&plus, i));
+            assert_eq!(m.question.replace('-', "+"), p.question);
+            assert!(!p.thinking.contains('-'));
+            assert_eq!(solve(&p.question), p.answer);
+        }
+    }
+
+    #[test]
     fn bad_parameters_are_refused() {
         assert!(ChainParams { facts: [6, 8], steps: [10, 20], ..params() }.validate().is_err());
         assert!(ChainParams { fact_ref: 1.5, ..params() }.validate().is_err());
+        assert!(ChainParams { ops: "*".into(), ..params() }.validate().is_err());
         assert!(params().validate().is_ok());
     }
 }

@@ -27,7 +27,6 @@ fn with_no_model_run_plans_the_builtin_benchmark_and_says_so() {
 
 /// Held out: the model trained on another seed's stream of problems.
 #[test]
-#[ignore = "issue #5: the committed toy model is a mid-training checkpoint (22 % on 50 problems); run with --ignored once training completes"]
 fn the_toy_model_solves_held_out_problems_with_the_full_cache() {
     let out_dir = std::env::temp_dir().join(format!("kvbench-builtin-full-{}", std::process::id()));
     let out = kvbench()
@@ -45,6 +44,33 @@ fn the_toy_model_solves_held_out_problems_with_the_full_cache() {
     assert_eq!(col("questions"), "200");
     let accuracy: f64 = col("accuracy").parse().unwrap();
     assert!(accuracy >= 95.0, "full-cache accuracy {accuracy} % on 200 held-out problems");
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+/// Accuracy of each policy of a run's summary, by name.
+fn accuracies(summary: &std::path::Path) -> std::collections::HashMap<String, f64> {
+    let mut reader = csv::Reader::from_path(summary).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (policy, accuracy) = (at("policy"), at("accuracy"));
+    reader.records().map(|r| r.unwrap()).map(|r| (r[policy].to_string(), r[accuracy].parse().unwrap())).collect()
+}
+
+/// The committed predictor picks what matters: DynTS keeps more answers than its ablations that
+/// keep a random or the least important part of the older thinking (same budget, same problems).
+#[test]
+fn the_trained_predictor_beats_random_and_bottom_selection() {
+    let out_dir = std::env::temp_dir().join(format!("kvbench-builtin-ablation-{}", std::process::id()));
+    let out = kvbench()
+        .args(["run", "--policies", "dynts,dynts-random,dynts-bottom", "--limit", "100", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let acc = accuracies(&out_dir.join("summary.csv"));
+    for ablation in ["dynts-random", "dynts-bottom"] {
+        assert!(acc["dynts"] >= acc[ablation] + 15.0, "dynts {} vs {ablation} {}", acc["dynts"], acc[ablation]);
+    }
     std::fs::remove_dir_all(&out_dir).ok();
 }
 

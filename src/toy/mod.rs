@@ -183,7 +183,10 @@ mod tests {
     fn one_token_per_character_and_the_prompt_is_a_prefix_of_the_training_text() {
         let tok = tokenizer().unwrap();
         assert_eq!(vocab_size(), 50);
-        let p = problem(&ChainParams { seed: 3, rows: 10, facts: [4, 6], steps: [6, 20], fact_ref: 0.4 }, 0);
+        let p = problem(
+            &ChainParams { seed: 3, rows: 10, facts: [4, 6], steps: [6, 20], fact_ref: 0.4, ops: "+".into() },
+            0,
+        );
         let (ids, think) = training_tokens(&tok, &p).unwrap();
         // Every character of the question and thinking is one token; specials are one token each.
         let chars = p.question.len() + p.thinking.len() - "<think></think>".len() + 2;

@@ -507,7 +507,7 @@ mod tests {
         let dev = Device::Cpu;
         let params = init_params(&shape, 5, &dev).unwrap();
         let tok = super::super::tokenizer().unwrap();
-        let task = ChainParams { seed: 9, rows: 4, facts: [4, 5], steps: [6, 8], fact_ref: 0.4 };
+        let task = ChainParams { seed: 9, rows: 4, facts: [4, 5], steps: [6, 8], fact_ref: 0.4, ops: "+".into() };
         let (ids, _) = training_tokens(&tok, &problem(&task, 0)).unwrap();
         let weights = |n: &str| params.get(n).clone();
         let tokens = Tensor::from_slice(&ids, (1, ids.len()), &dev).unwrap();
@@ -539,7 +539,7 @@ mod tests {
         let o = TrainOptions {
             out: dir.join("a"),
             shape: ToyShape::tiny(),
-            task: ChainParams { seed: 1, rows: 1, facts: [4, 4], steps: [6, 6], fact_ref: 0.4 },
+            task: ChainParams { seed: 1, rows: 1, facts: [4, 4], steps: [6, 6], fact_ref: 0.4, ops: "+".into() },
             seed: 3,
             steps: 30,
             batch: 8,
