@@ -395,13 +395,7 @@ pub struct PolicyArgs {
 
 impl PolicyArgs {
     pub fn budget(&self) -> Result<crate::policies::Budget> {
-        let b = crate::policies::Budget {
-            budget: crate::policies::parse_tokens(&self.budget).context("--budget")?,
-            window: crate::policies::parse_tokens(&self.window).context("--window")?,
-            ratio: self.ratio,
-        };
-        b.validate()?;
-        Ok(b)
+        crate::policies::Budget::from_flags(&self.budget, &self.window, self.ratio)
     }
 }
 

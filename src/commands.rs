@@ -89,12 +89,7 @@ fn cmd_bench(args: crate::cli::BenchArgs) -> Result<u8> {
     use crate::policies::parse_tokens;
     let names = crate::policies::registry::expand_names(&args.policies)?;
     let policies = names.iter().map(|n| PolicySpec::resolve(n, None)).collect::<Result<Vec<_>>>()?;
-    let budget = crate::policies::Budget {
-        budget: parse_tokens(&args.budget).context("--budget")?,
-        window: parse_tokens(&args.window).context("--window")?,
-        ratio: args.ratio,
-    };
-    budget.validate()?;
+    let budget = crate::policies::Budget::from_flags(&args.budget, &args.window, args.ratio)?;
     let contexts = args
         .context
         .iter()

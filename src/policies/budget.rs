@@ -15,6 +15,17 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// From the `--budget`, `--window` and `--ratio` flags' text, validated.
+    pub fn from_flags(budget: &str, window: &str, ratio: f64) -> Result<Self> {
+        let b = Budget {
+            budget: parse_tokens(budget).context("--budget")?,
+            window: parse_tokens(window).context("--window")?,
+            ratio,
+        };
+        b.validate()?;
+        Ok(b)
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.budget == 0 {
             bail!("--budget must be positive");
