@@ -54,10 +54,24 @@ train-predictor: build
     target/release/kvbench dynts collect --solutions synthetic-chain-train --model builtin:toy-chain --out target/toy-traces
     target/release/kvbench dynts train --traces target/toy-traces/traces.safetensors --transform qwen --out assets/toy-chain/dynts-predictor.safetensors
 
+# DynTS's importance predictor for SmolLM2 (assets/smollm2-135m-instruct/): the model solves too
+# little math to have correct traces of its own, so the reference solutions of MATH's first 400
+# problems outside MATH-500 are teacher-forced through it, prompted as experiments/smollm2-cpu.toml
+# prompts. Labels use the Qwen transform (10·I^0.3/0.3), as for the toy model: on traces this short
+# the Llama scaling (10⁴·I, median 6, 99th percentile 240) would let a few tokens decide the MSE.
+train-predictor-smollm2: fetch-test-model build
+    target/release/kvbench dynts collect --solutions math --limit 400 --model {{test_model}} --instruction 'Please reason step by step, and put your final answer within \boxed{}.' --data-dir {{data_dir}} --out target/smollm2-traces
+    target/release/kvbench dynts train --traces target/smollm2-traces/traces.safetensors --transform qwen --out assets/smollm2-135m-instruct/dynts-predictor.safetensors
+
 # The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, seven policies, then its figures.
 smollm2-cpu: fetch-test-model build
     target/release/kvbench run --experiment experiments/smollm2-cpu.toml --data-dir {{data_dir}}
     target/release/kvbench plot results/smollm2-cpu/summary.csv
+
+# kvbench against HF transformers (eager, full cache) and kvpress (DecodingPress: StreamingLLM, SnapKV)
+# on SmolLM2 converted to f32, alternating in one invocation (bench/peers/; its own Python environment).
+bench-peers *ARGS: fetch-test-model
+    bench/peers/run.sh {{ARGS}}
 
 # Run every test (the test model is fetched first; tests that need it fail without it).
 test: fetch-test-model

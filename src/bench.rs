@@ -5,9 +5,10 @@
 //!   as in `kvbench run`): prompt tokens per second and the time to the first token;
 //! - **decode** from a `--prompt`-token prompt until the history (prompt + generated) reaches each
 //!   context length, then `--steps` timed steps there: ms per step (mean and median), tokens per
-//!   second, the mean cache length a step reads, the share of step time the policy spends
-//!   observing, scoring and compacting (its own clock, [`crate::policies::EvictionStats`]), and the
-//!   evictions in the window;
+//!   second, the mean cache length a step reads; and, over every decode step since the previous
+//!   context (so that evictions weigh in at their trigger's frequency), the share of the time the
+//!   policy spends observing, scoring and compacting (its own clock,
+//!   [`crate::policies::EvictionStats`]) and the evictions;
 //! - **memory**: the process's resident set now and its peak since the policy began (Linux
 //!   `VmHWM`, reset per policy through `/proc/self/clear_refs`), and the KV cache's allocation;
 //! - **roofline**: decoding is memory-bound, each step reads every weight once plus each
@@ -125,8 +126,9 @@ pub struct BenchRow {
     pub ms_per_step_median: f64,
     /// Generated tokens per second, all sequences of the batch together.
     pub tok_s: f64,
-    /// Share of the timed steps' wall time spent in the policy.
+    /// Share of the decode time since the previous context spent in the policy.
     pub policy_share: f64,
+    /// Evictions since the previous context.
     pub evictions: usize,
     pub rss_mib: Option<f64>,
     /// Peak resident set since this policy began (its prefill runs included); empty where the
@@ -362,12 +364,16 @@ fn bench_policy(
     let mut history = plan.prompt;
     let mut rows = Vec::new();
     for (c, &ctx) in plan.contexts.iter().enumerate() {
+        // The policy's share counts every step since the previous context, so that evictions
+        // weigh in at their trigger's frequency (a few timed steps may hold none).
+        let policy0: f64 = states.iter().map(|s| s.evictor.stats().policy_secs).sum();
+        let evictions0: usize = states.iter().map(|s| s.evictor.stats().evictions).sum();
+        device.synchronize()?;
+        let span = Instant::now();
         while history < ctx {
             step(lm, &mut states)?;
             history += 1;
         }
-        let policy0: f64 = states.iter().map(|s| s.evictor.stats().policy_secs).sum();
-        let evictions0: usize = states.iter().map(|s| s.evictor.stats().evictions).sum();
         let mut times = Vec::with_capacity(plan.steps);
         let mut read = 0usize;
         device.synchronize()?;
@@ -382,6 +388,7 @@ fn bench_policy(
         }
         device.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
+        let span_secs = span.elapsed().as_secs_f64();
         let policy = states.iter().map(|s| s.evictor.stats().policy_secs).sum::<f64>() - policy0;
         let evictions = states.iter().map(|s| s.evictor.stats().evictions).sum::<usize>() - evictions0;
         times.sort_by(f64::total_cmp);
@@ -407,7 +414,7 @@ fn bench_policy(
             ms_per_step_median: times[times.len() / 2] * 1e3,
             tok_s: plan.batch as f64 / step_secs,
             // Several sequences' policies run one after another inside one step.
-            policy_share: policy / secs,
+            policy_share: policy / span_secs,
             evictions,
             rss_mib: memory.map(|m| m.0),
             peak_rss_mib: memory.filter(|_| peak_tracked).map(|m| m.1),

@@ -90,16 +90,20 @@ pub struct DyntsCollectArgs {
     /// its correct traces, one per question.
     #[arg(long, conflicts_with = "solutions", required_unless_present = "solutions")]
     pub run: Option<PathBuf>,
-    /// Instead: the worked solutions of a generated dataset (synthetic-chain-train), teacher-forced
-    /// through --model.
+    /// Instead: a dataset's worked solutions teacher-forced through --model: synthetic-chain-train's
+    /// generated ones, or the reference solutions of `math` (less MATH-500's questions) or `gsm8k`
+    /// (for models that solve too little to have correct traces of their own).
     #[arg(long, requires = "model")]
     pub solutions: Option<String>,
-    /// The model for --solutions (e.g. builtin:toy-chain).
+    /// The model for --solutions (e.g. builtin:toy-chain, models/SmolLM2-135M-Instruct.Q4_1.gguf).
     #[arg(long)]
     pub model: Option<String>,
     /// With --solutions: the first N problems.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// With --solutions: appended to each question, as `kvbench run --instruction` does.
+    #[arg(long, requires = "solutions")]
+    pub instruction: Option<String>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,

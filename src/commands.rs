@@ -41,18 +41,22 @@ fn cmd_dynts_collect(args: crate::cli::DyntsCollectArgs) -> Result<u8> {
     use crate::predictor::TraceSource;
     let source = match (args.run, args.solutions, args.model) {
         (Some(run), None, _) => TraceSource::Run(run),
-        (None, Some(dataset), Some(model)) => TraceSource::Solutions { model, dataset, limit: args.limit },
+        (None, Some(dataset), Some(model)) => {
+            TraceSource::Solutions { model, dataset, limit: args.limit, instruction: args.instruction }
+        }
         _ => anyhow::bail!("give --run DIR, or --solutions DATASET with --model"),
     };
     let data_dir = crate::datasets::data_dir(args.data_dir.as_deref());
     let load = crate::cli::load_options(&args.device, args.dtype.as_deref())?;
     let s = crate::predictor::collect(&source, &args.out, &data_dir, &load)?;
     println!(
-        "wrote {}: {} traces of {} ({} skipped for their <think> structure), {} thinking tokens",
+        "wrote {}: {} traces of {} ({} skipped for their structure; {} questions left out as an \
+         evaluation set's), {} thinking tokens",
         args.out.join("traces.safetensors").display(),
         s.traces,
         s.candidates,
         s.skipped_format,
+        s.held_out,
         s.thinking_tokens
     );
     Ok(0)

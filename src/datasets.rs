@@ -72,6 +72,10 @@ pub struct DatasetDef {
     pub hub_repo: Option<String>,
     #[serde(default)]
     pub hub_file: Option<String>,
+    /// Evaluation sets whose questions this one also holds: dropped where it serves as a training
+    /// pool (`kvbench dynts collect --solutions`).
+    #[serde(default)]
+    pub disjoint_from: Vec<String>,
 }
 
 /// One question of a dataset.

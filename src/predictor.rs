@@ -18,6 +18,7 @@
 //! states d → 2d → d/2 → 1, the default here, so small models get a proportionate head.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
@@ -25,6 +26,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
+use crate::datasets::{AnswerFormat, DatasetDef};
 use crate::model::load::{LoadOptions, LoadedModel};
 use crate::model::SeqStep;
 use crate::observe::{AttentionView, ObserveRequest, Observer};
@@ -40,10 +42,11 @@ pub enum TraceSource {
     /// The correct full-cache samples of a finished `kvbench run` (the reference's way: the
     /// model's own correct traces, one per question).
     Run(PathBuf),
-    /// The worked solutions of a generated dataset (`synthetic-chain-train`), teacher-forced
-    /// through `model`: the traces a model that solves the task generates, whatever the model's
-    /// own accuracy.
-    Solutions { model: String, dataset: String, limit: Option<usize> },
+    /// The worked solutions of a dataset (`synthetic-chain-train`'s generated ones, or a real
+    /// set's reference solutions: `math` minus MATH-500, `gsm8k`) teacher-forced through `model`,
+    /// its prompt carrying `instruction`: the traces of a model that solves the task, whatever the
+    /// model's own accuracy (SmolLM2 solves almost nothing, so it has no correct traces of its own).
+    Solutions { model: String, dataset: String, limit: Option<usize>, instruction: Option<String> },
 }
 
 /// What `collect` found, written next to the traces as `collect.json`.
@@ -58,6 +61,9 @@ pub struct CollectSummary {
     /// Traces kept (one `<think>` and one `</think>` with an answer after it).
     pub traces: usize,
     pub skipped_format: usize,
+    /// Questions of the pool left out because an evaluation set holds them (`disjoint_from`).
+    #[serde(default)]
+    pub held_out: usize,
     pub thinking_tokens: usize,
     pub kvbench_version: String,
 }
@@ -66,7 +72,8 @@ pub struct CollectSummary {
 struct LabelObserver {
     /// Absolute position of this chunk's first token.
     offset: usize,
-    think_end: usize,
+    /// The first answer query (absolute position).
+    first_query: usize,
     importance: Vec<f64>,
     hidden: Vec<Tensor>,
 }
@@ -78,8 +85,8 @@ impl Observer for LabelObserver {
 
     fn attention(&mut self, _seq: usize, view: &AttentionView<'_>) -> Result<()> {
         let (kv, g, t, len) = view.probs.dims4()?;
-        // Answer queries: absolute positions after `</think>`.
-        let first = (self.think_end + 1).max(self.offset);
+        // Answer queries in this chunk.
+        let first = self.first_query.max(self.offset);
         if first >= self.offset + t {
             return Ok(());
         }
@@ -112,29 +119,82 @@ struct Labelled {
     hidden: Tensor,
 }
 
-/// Teacher-forces `ids` (prompt + completion) and labels its thinking tokens.
-fn label_trace(lm: &LoadedModel, ids: &[u32], think_start: usize, think_end: usize, chunk: usize) -> Result<Labelled> {
+/// One trace to label: its token ids (prompt + completion), the positions of its thinking tokens
+/// and the first answer query (the answer runs to the end).
+#[derive(Debug, Clone, PartialEq)]
+struct Trace {
+    ids: Vec<u32>,
+    thinking: Range<usize>,
+    answer: usize,
+}
+
+impl Trace {
+    /// Split at the model's own `<think>`/`</think>` tokens (both excluded from the thinking and
+    /// from the queries, as the reference does); `None` unless there is exactly one of each with
+    /// thinking between them and an answer after.
+    fn at_think_tokens(ids: Vec<u32>, open: u32, close: u32) -> Option<Self> {
+        let at = |id: u32| ids.iter().enumerate().filter(|(_, &t)| t == id).map(|(i, _)| i).collect::<Vec<_>>();
+        let (starts, ends) = (at(open), at(close));
+        if starts.len() != 1 || ends.len() != 1 || ends[0] <= starts[0] + 1 || ends[0] + 1 >= ids.len() {
+            return None;
+        }
+        Some(Trace { thinking: starts[0] + 1..ends[0], answer: ends[0] + 1, ids })
+    }
+}
+
+/// Teacher-forces `trace` and labels its thinking tokens.
+fn label_trace(lm: &LoadedModel, trace: &Trace, chunk: usize) -> Result<Labelled> {
     let cfg = lm.model.config();
+    let ids = &trace.ids;
     let mut cache = lm.model.new_cache(ids.len())?;
-    let mut obs = LabelObserver { offset: 0, think_end, importance: vec![0.0; ids.len()], hidden: Vec::new() };
+    let mut obs =
+        LabelObserver { offset: 0, first_query: trace.answer, importance: vec![0.0; ids.len()], hidden: Vec::new() };
     for (c, tokens) in ids.chunks(chunk).enumerate() {
         obs.offset = c * chunk;
         let mut step = [SeqStep { cache: &mut cache, tokens, positions: None, visible: None }];
         lm.model.forward(&mut step, Some(&mut obs))?;
     }
-    let queries = ids.len() - think_end - 1;
+    let queries = ids.len() - trace.answer;
     let norm = (cfg.num_layers * cfg.num_heads * queries) as f64;
-    let hidden = Tensor::cat(&obs.hidden, 0)?.narrow(0, think_start + 1, think_end - think_start - 1)?;
-    let importance = obs.importance[think_start + 1..think_end].iter().map(|&a| (a / norm) as f32).collect();
+    let hidden = Tensor::cat(&obs.hidden, 0)?.narrow(0, trace.thinking.start, trace.thinking.len())?;
+    let importance = obs.importance[trace.thinking.clone()].iter().map(|&a| (a / norm) as f32).collect();
     Ok(Labelled { importance, hidden })
 }
 
-/// The token ids of each candidate trace (prompt + completion) and the model that made them.
+/// The model's `<think>` and `</think>` ids, if its tokenizer has them.
+fn think_tokens(lm: &LoadedModel) -> Option<(u32, u32)> {
+    Some((lm.tokenizer.token_to_id("<think>")?, lm.tokenizer.token_to_id("</think>")?))
+}
+
+/// A real dataset's worked solution as (thinking, answer) text: the solution is the thinking
+/// (GSM8K's: before `####`, its `<<…>>` calculator notes dropped; MATH's: whole), the answer a
+/// sentence ending in the reference's `\boxed{}`, as the run's instruction asks for.
+fn worked_solution(def: &DatasetDef, raw: &str) -> Option<(String, String)> {
+    let thinking = match def.answer_format {
+        AnswerFormat::Gsm8k => {
+            let body = &raw[..raw.rfind("####")?];
+            let mut out = String::with_capacity(body.len());
+            let mut rest = body;
+            while let Some(at) = rest.find("<<") {
+                out.push_str(&rest[..at]);
+                rest = rest[at..].find(">>").map_or("", |end| &rest[at + end + 2..]);
+            }
+            out.push_str(rest);
+            out
+        }
+        AnswerFormat::LastBoxed if raw.contains("\\boxed") => raw.to_string(),
+        _ => return None,
+    };
+    let answer = crate::grading::reference_answer(raw, &def.name);
+    Some((thinking.trim().to_string(), format!("The final answer is $\\boxed{{{answer}}}$.")))
+}
+
+/// The traces of `source` and the model that labels them.
 fn candidate_traces(
     source: &TraceSource,
     data_dir: &Path,
     load: &LoadOptions,
-) -> Result<(String, LoadedModel, Vec<Vec<u32>>)> {
+) -> Result<(String, LoadedModel, Vec<Option<Trace>>, usize)> {
     match source {
         TraceSource::Run(run) => {
             let manifest = crate::sweep::read_manifest(run)?
@@ -153,6 +213,8 @@ fn candidate_traces(
                 run.display()
             );
             let lm = crate::model::load::load(&crate::model::load::ModelSource::parse(&plan.model)?, load)?;
+            let (open, close) = think_tokens(&lm)
+                .context("the model's tokenizer has no <think>/</think> tokens to split a run's traces at")?;
             let mut questions = HashMap::new();
             let mut traces = Vec::new();
             for s in chosen {
@@ -165,32 +227,77 @@ fn candidate_traces(
                     .with_context(|| format!("{} has no question {}", s.dataset, s.question_index))?;
                 let mut ids = crate::sweep::render_prompt(&lm, plan, q)?;
                 ids.extend(crate::tokenizer::encode(&lm.tokenizer, &s.completion)?);
-                traces.push(ids);
+                traces.push(Trace::at_think_tokens(ids, open, close));
             }
-            Ok((plan.model.clone(), lm, traces))
+            Ok((plan.model.clone(), lm, traces, 0))
         }
-        TraceSource::Solutions { model, dataset, limit } => {
+        TraceSource::Solutions { model, dataset, limit, instruction } => {
             let def = crate::datasets::definition(dataset)?;
-            let params = def.generator.clone().with_context(|| {
-                format!(
-                    "--solutions needs a generated dataset (synthetic-chain-train); {dataset} has no worked solutions"
-                )
-            })?;
             let source = crate::model::load::ModelSource::parse(model)?;
-            let lm = crate::model::load::load(&source, load)?;
-            let mut traces = Vec::new();
-            for i in 0..limit.unwrap_or(params.rows).min(params.rows) {
-                let p = crate::synthetic::problem(&params, i);
-                let prompt = crate::sweep::prompt_text(&lm, p.question.clone())?;
-                // A template that opens the thinking (as R1's does) already holds `<think>`.
-                let solution = p.solution();
-                let solution = match solution.strip_prefix("<think>") {
-                    Some(rest) if prompt.ends_with("<think>") => rest.to_string(),
-                    _ => solution,
-                };
-                traces.push(crate::tokenizer::encode(&lm.tokenizer, &(prompt + &solution))?);
+            let user = |question: &str| match instruction {
+                Some(i) => format!("{question}\n{i}"),
+                None => question.to_string(),
+            };
+            if let Some(params) = def.generator.clone() {
+                let lm = crate::model::load::load(&source, load)?;
+                let (open, close) =
+                    think_tokens(&lm).context("the model's tokenizer has no <think>/</think> tokens")?;
+                let mut traces = Vec::new();
+                for i in 0..limit.unwrap_or(params.rows).min(params.rows) {
+                    let p = crate::synthetic::problem(&params, i);
+                    let prompt = crate::sweep::prompt_text(&lm, user(&p.question))?;
+                    // A template that opens the thinking (as R1's does) already holds `<think>`.
+                    let solution = p.solution();
+                    let solution = match solution.strip_prefix("<think>") {
+                        Some(rest) if prompt.ends_with("<think>") => rest.to_string(),
+                        _ => solution,
+                    };
+                    let ids = crate::tokenizer::encode(&lm.tokenizer, &(prompt + &solution))?;
+                    traces.push(Trace::at_think_tokens(ids, open, close));
+                }
+                return Ok((source.display(), lm, traces, 0));
             }
-            Ok((source.display(), lm, traces))
+            ensure!(
+                matches!(def.answer_format, AnswerFormat::Gsm8k | AnswerFormat::LastBoxed),
+                "--solutions needs worked solutions (synthetic-chain-train, math, gsm8k); {dataset} has none"
+            );
+            // Drop questions an evaluation set shares (MATH's test set holds MATH-500's).
+            let mut shared = BTreeSet::new();
+            for other in &def.disjoint_from {
+                shared.extend(crate::datasets::definition(other)?.load(data_dir)?.into_iter().map(|q| q.question));
+            }
+            let all = def.load(data_dir)?;
+            let total = all.len();
+            let questions: Vec<_> = all.into_iter().filter(|q| !shared.contains(&q.question)).collect();
+            let dropped = total - questions.len();
+            let lm = crate::model::load::load(&source, load)?;
+            let encode = |text: &str| crate::tokenizer::encode(&lm.tokenizer, text);
+            let mut traces = Vec::new();
+            for q in questions.iter().take(limit.unwrap_or(usize::MAX)) {
+                let Some((thinking, answer)) = worked_solution(&def, &q.reference) else {
+                    traces.push(None);
+                    continue;
+                };
+                let prompt = crate::sweep::prompt_text(&lm, user(&q.question))?;
+                traces.push(match think_tokens(&lm) {
+                    Some((open, close)) => {
+                        let opened = if prompt.ends_with("<think>") { "" } else { "<think>" };
+                        let text = format!("{prompt}{opened}\n{thinking}\n</think>\n\n{answer}");
+                        Trace::at_think_tokens(encode(&text)?, open, close)
+                    }
+                    // A model without thinking tokens: the solution is the thinking, the sentence
+                    // after it the answer (parts tokenized apart so that the split is exact).
+                    None => {
+                        let mut ids = encode(&prompt)?;
+                        let start = ids.len();
+                        ids.extend(encode(&thinking)?);
+                        let end = ids.len();
+                        ids.extend(encode(&format!("\n\n{answer}"))?);
+                        Some(Trace { ids, thinking: start..end, answer: end })
+                    }
+                });
+            }
+            Ok((source.display(), lm, traces, dropped))
         }
     }
 }
@@ -198,29 +305,25 @@ fn candidate_traces(
 /// `kvbench dynts collect`: labels the traces of `source` and writes `traces.safetensors`
 /// (`hidden [N, d]`, `importance [N]`, `trace [N]`, `position [N]`) and `collect.json` into `out`.
 pub fn collect(source: &TraceSource, out: &Path, data_dir: &Path, load: &LoadOptions) -> Result<CollectSummary> {
-    let (model, lm, candidates) = candidate_traces(source, data_dir, load)?;
-    let think_start_id = lm.tokenizer.token_to_id("<think>").context("the model's tokenizer has no <think> token")?;
-    let think_end_id = lm.tokenizer.token_to_id("</think>").context("the model's tokenizer has no </think> token")?;
+    let (model, lm, candidates, held_out) = candidate_traces(source, data_dir, load)?;
     let (mut hidden, mut importance, mut trace, mut position) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut skipped = 0;
     let progress = indicatif::ProgressBar::new(candidates.len() as u64);
-    for ids in &candidates {
+    for t in &candidates {
         progress.inc(1);
-        let at = |id: u32| ids.iter().enumerate().filter(|(_, &t)| t == id).map(|(i, _)| i).collect::<Vec<_>>();
-        let (starts, ends) = (at(think_start_id), at(think_end_id));
-        if starts.len() != 1 || ends.len() != 1 || ends[0] <= starts[0] + 1 || ends[0] + 1 >= ids.len() {
+        let Some(t) = t else {
             skipped += 1;
             continue;
-        }
-        let l = label_trace(&lm, ids, starts[0], ends[0], CHUNK)?;
+        };
+        let l = label_trace(&lm, t, CHUNK)?;
         let n = l.importance.len();
         hidden.push(l.hidden);
         importance.extend(l.importance);
         trace.extend(std::iter::repeat_n((hidden.len() - 1) as u32, n));
-        position.extend((starts[0] + 1..ends[0]).map(|p| p as u32));
+        position.extend(t.thinking.clone().map(|p| p as u32));
     }
     progress.finish_and_clear();
-    ensure!(!hidden.is_empty(), "no trace had exactly one <think> and one </think> with an answer after it");
+    ensure!(!hidden.is_empty(), "no trace had a thinking part with an answer after it");
     let n = importance.len();
     let dev = Device::Cpu;
     let tensors: HashMap<String, Tensor> = [
@@ -243,6 +346,7 @@ pub fn collect(source: &TraceSource, out: &Path, data_dir: &Path, load: &LoadOpt
         candidates: candidates.len(),
         traces: hidden.len(),
         skipped_format: skipped,
+        held_out,
         thinking_tokens: n,
         kvbench_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -512,7 +616,9 @@ mod tests {
         let (ts, te) = (6, ids.len() - 4);
         assert_eq!((ids[ts], ids[te]), (crate::toy::THINK, crate::toy::THINK + 1));
         for chunk in [5, 512] {
-            let l = label_trace(&lm, &ids, ts, te, chunk).unwrap();
+            let t = Trace::at_think_tokens(ids.clone(), crate::toy::THINK, crate::toy::THINK + 1).unwrap();
+            assert_eq!((t.thinking.clone(), t.answer), (ts + 1..te, te + 1));
+            let l = label_trace(&lm, &t, chunk).unwrap();
             assert_eq!(l.hidden.dims2().unwrap(), (te - ts - 1, 32));
             let queries: Vec<usize> = (te + 1..ids.len()).collect();
             for (k, &got) in l.importance.iter().enumerate() {
@@ -523,6 +629,31 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A real set's reference solution becomes (thinking, answer): GSM8K's calculator notes and
+    /// `#### N` leave the thinking, MATH's solution stays whole; the answer is the boxed reference.
+    #[test]
+    fn worked_solutions_split_into_thinking_and_a_boxed_answer() {
+        let gsm8k = crate::datasets::definition("gsm8k").unwrap();
+        let raw = "She sold 48/2 = <<48/2=24>>24 clips in May.\nIn all 48+24 = <<48+24=72>>72.\n#### 1,072";
+        assert_eq!(
+            worked_solution(&gsm8k, raw).unwrap(),
+            (
+                "She sold 48/2 = 24 clips in May.\nIn all 48+24 = 72.".to_string(),
+                "The final answer is $\\boxed{1072}$.".to_string()
+            )
+        );
+        assert_eq!(worked_solution(&gsm8k, "no marker"), None);
+        let math = crate::datasets::definition("math").unwrap();
+        let raw = " Two roots, so $\\boxed{2}$ asymptotes.  Check: $\\boxed{\\frac{1}{2}}$. ";
+        assert_eq!(
+            worked_solution(&math, raw).unwrap(),
+            (raw.trim().to_string(), "The final answer is $\\boxed{\\frac{1}{2}}$.".to_string())
+        );
+        assert_eq!(worked_solution(&math, "no box"), None);
+        assert_eq!(worked_solution(&crate::datasets::definition("aime24").unwrap(), "42"), None);
+        assert_eq!(math.disjoint_from, ["math500"]);
     }
 
     /// On labels that are a function of the hidden state, the fit ranks held-out tokens well.

@@ -75,12 +75,12 @@ fn the_trained_predictor_beats_random_and_bottom_selection() {
 }
 
 #[test]
-fn collecting_solutions_needs_a_generated_dataset() {
+fn collecting_solutions_needs_worked_solutions() {
     let out = kvbench()
-        .args(["dynts", "collect", "--solutions", "gsm8k", "--model", "builtin:toy-chain", "--out"])
+        .args(["dynts", "collect", "--solutions", "aime24", "--model", "builtin:toy-chain", "--out"])
         .arg(std::env::temp_dir().join("kvbench-never-written"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("gsm8k has no worked solutions"), "{}", text(&out));
+    assert!(text(&out).contains("aime24 has none"), "{}", text(&out));
 }

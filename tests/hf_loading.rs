@@ -102,3 +102,22 @@ fn truncated_safetensors_is_named() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("model.safetensors") && stderr.contains("truncated"), "{stderr}");
 }
+
+/// Newer checkpoints keep the template in `chat_template.jinja` (what `save_pretrained` writes);
+/// it is read when tokenizer_config.json has none, and tokenizer_config.json's wins otherwise.
+#[test]
+fn chat_template_jinja_is_read_when_tokenizer_config_has_none() {
+    let dir = tempdir("jinja");
+    write_model(&dir);
+    let render = |dir: &Path| {
+        let lm = load(&ModelSource::parse(dir.to_str().unwrap()).unwrap(), &LoadOptions::default()).unwrap();
+        lm.chat_template.map(|t| t.render(&[kvbench::chat::ChatMessage::user("t5")], true).unwrap()).unwrap_or_default()
+    };
+    let from_config = render(&dir);
+    assert!(!from_config.is_empty());
+    std::fs::write(dir.join("chat_template.jinja"), "J{% for m in messages %}{{ m.content }}{% endfor %}").unwrap();
+    assert_eq!(render(&dir), from_config);
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "<eos>"}"#).unwrap();
+    assert_eq!(render(&dir), "Jt5");
+    std::fs::remove_dir_all(&dir).ok();
+}

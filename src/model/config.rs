@@ -100,7 +100,10 @@ impl ModelConfig {
         let arch = Arch::parse(&arch_name)?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1));
-        let rope_scaling = match raw.rope_scaling {
+        // transformers ≥ 5 writes `rope_parameters` (theta, type and scaling in one object) where
+        // older configs have `rope_theta` and `rope_scaling`.
+        let rope_theta = raw.rope_theta.or(raw.rope_parameters.as_ref().and_then(|p| p.rope_theta)).unwrap_or(10_000.0);
+        let rope_scaling = match raw.rope_scaling.or(raw.rope_parameters) {
             Some(s) if s.kind() == Some("llama3") => Some(Llama3RopeScaling {
                 factor: s.factor.context("rope_scaling.factor missing")?,
                 low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
@@ -121,7 +124,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: raw.rope_theta.unwrap_or(10_000.0),
+            rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
@@ -149,6 +152,7 @@ struct HfConfig {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<HfRopeScaling>,
+    rope_parameters: Option<HfRopeScaling>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -158,6 +162,8 @@ struct HfConfig {
 
 #[derive(Deserialize)]
 struct HfRopeScaling {
+    /// Only in transformers ≥ 5's `rope_parameters`.
+    rope_theta: Option<f64>,
     rope_type: Option<String>,
     #[serde(rename = "type")]
     type_: Option<String>,
@@ -214,5 +220,25 @@ mod tests {
         let c = ModelConfig::from_hf_json(l).unwrap();
         assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
         assert_eq!(c.num_kv_heads, 4);
+    }
+
+    /// transformers ≥ 5 moves theta and scaling into `rope_parameters` (SmolLM2 saved by 5.2:
+    /// θ = 100,000, which a reader of `rope_theta` alone would miss and take 10,000).
+    #[test]
+    fn rope_parameters_of_transformers_5_are_read() {
+        let base = r#""model_type":"llama","hidden_size":64,"intermediate_size":8,"vocab_size":8,
+            "num_hidden_layers":1,"num_attention_heads":4"#;
+        let c = ModelConfig::from_hf_json(&format!(
+            r#"{{{base},"rope_parameters":{{"rope_theta":100000.0,"rope_type":"default"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.is_none()), (100_000.0, true));
+        let c = ModelConfig::from_hf_json(&format!(
+            r#"{{{base},"rope_parameters":{{"rope_theta":500000.0,"rope_type":"llama3","factor":32.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.unwrap().factor), (500_000.0, 32.0));
+        assert_eq!(ModelConfig::from_hf_json(&format!("{{{base}}}")).unwrap().rope_theta, 10_000.0);
     }
 }

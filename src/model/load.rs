@@ -143,10 +143,14 @@ pub struct HfFiles {
     pub tokenizer: PathBuf,
     pub tokenizer_config: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
+    /// `chat_template.jinja`: where newer checkpoints keep the template (tokenizer_config.json's
+    /// `chat_template`, when present, wins, as in `transformers`).
+    pub chat_template: Option<PathBuf>,
     pub weights: Vec<PathBuf>,
 }
 
 const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+const CHAT_TEMPLATE: &str = "chat_template.jinja";
 
 impl HfFiles {
     pub fn from_dir(dir: &Path) -> Result<Self> {
@@ -169,6 +173,7 @@ impl HfFiles {
             tokenizer: need("tokenizer.json")?,
             tokenizer_config: opt("tokenizer_config.json"),
             generation_config: opt("generation_config.json"),
+            chat_template: opt(CHAT_TEMPLATE),
             weights,
         })
     }
@@ -212,6 +217,7 @@ impl HfFiles {
         let tokenizer = get("tokenizer.json", true);
         let tokenizer_config = get("tokenizer_config.json", false);
         let generation_config = get("generation_config.json", false);
+        let chat_template = get(CHAT_TEMPLATE, false);
         let weights = match get(WEIGHTS_INDEX, false) {
             Some(index) => shard_names(&index)?.iter().filter_map(|n| get(n, true)).collect(),
             None => get("model.safetensors", true).into_iter().collect(),
@@ -229,6 +235,7 @@ impl HfFiles {
             tokenizer: tokenizer.expect("checked"),
             tokenizer_config,
             generation_config,
+            chat_template,
             weights,
         })
     }
@@ -276,6 +283,7 @@ fn load_hf(source: &ModelSource, files: &HfFiles, opts: &LoadOptions) -> Result<
         .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", files.tokenizer.display()))?;
     let mut eos = cfg.eos_token_ids.clone();
     let mut chat_template = None;
+    let (mut bos, mut eos_text, mut template) = (None, None, None);
     if let Some(path) = &files.tokenizer_config {
         let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)
             .with_context(|| format!("parsing {}", path.display()))?;
@@ -286,23 +294,28 @@ fn load_hf(source: &ModelSource, files: &HfFiles, opts: &LoadOptions) -> Result<
                 _ => None,
             }
         };
-        let (bos, eos_text) = (token_text("bos_token"), token_text("eos_token"));
+        (bos, eos_text) = (token_text("bos_token"), token_text("eos_token"));
         if let Some(id) = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
             eos.push(id);
         }
-        let template = match &tc["chat_template"] {
-            serde_json::Value::String(s) => Some(s.clone()),
+        template = match &tc["chat_template"] {
+            serde_json::Value::String(s) => Some((s.clone(), path.clone())),
             // A list of named templates: use "default".
-            serde_json::Value::Array(list) => {
-                list.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()).map(String::from)
-            }
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(|t| (t.to_string(), path.clone())),
             _ => None,
         };
-        if let Some(t) = template {
-            chat_template = Some(
-                ChatTemplate::new(&t, bos, eos_text).with_context(|| format!("chat template of {}", path.display()))?,
-            );
-        }
+    }
+    if let (None, Some(path)) = (&template, &files.chat_template) {
+        template =
+            Some((std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?, path.clone()));
+    }
+    if let Some((t, path)) = template {
+        chat_template =
+            Some(ChatTemplate::new(&t, bos, eos_text).with_context(|| format!("chat template of {}", path.display()))?);
     }
     if let Some(path) = &files.generation_config {
         let gc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)

@@ -8,29 +8,30 @@
 //! Unlike candle-transformers' models, the KV cache is the caller's [`KvCache`] (post-RoPE,
 //! absolute positions, compactable) and attention probabilities are materialised so that an
 //! [`Observer`] can see them. Several sequences can go through one forward: their rows are stacked
-//! for every Linear layer, and attention runs per sequence against its own cache.
+//! for every Linear layer ([`Proj`]), and attention runs per sequence against its own cache.
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::{Arch, ModelConfig};
+use super::linear::Proj;
 use crate::cache::KvCache;
 use crate::observe::{AttentionView, Observer};
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 struct Block {
@@ -45,7 +46,7 @@ pub struct Transformer {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     inv_freq: Vec<f32>,
     device: Device,
     dtype: DType,
@@ -62,10 +63,10 @@ pub struct SeqStep<'a> {
     pub visible: Option<&'a [bool]>,
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-    Ok(Linear::new(weight, bias))
+    Ok(Proj::new(weight, bias))
 }
 
 fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
@@ -116,7 +117,7 @@ impl Transformer {
             .context("loading decoder layers")?;
         let norm = rms_norm(d, cfg.rms_norm_eps, vb_m.pp("norm")).context("loading model.norm")?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Proj::new(embed_tokens.embeddings().clone(), None)
         } else {
             linear(d, cfg.vocab_size, false, vb.pp("lm_head")).context("loading lm_head")?
         };
@@ -175,13 +176,13 @@ impl Transformer {
         let last: Vec<u32> = row_offsets(seqs).iter().map(|&(off, t)| (off + t - 1) as u32).collect();
         let n = last.len();
         let last = hidden.index_select(&Tensor::from_vec(last, n, &self.device)?, 0)?;
-        Ok(self.lm_head.forward(&last)?)
+        self.lm_head.forward(&last)
     }
 
     /// Like [`Transformer::forward`], but returns the logits of every fed token, `[Σt, vocab]`.
     pub fn forward_all_logits(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
         let hidden = self.forward_hidden(seqs, observer)?;
-        Ok(self.lm_head.forward(&hidden)?)
+        self.lm_head.forward(&hidden)
     }
 
     /// Runs the blocks and the final norm; returns the final hidden states `[Σt, hidden]`.
@@ -309,7 +310,7 @@ impl Transformer {
         }
         let out = if single { outs.pop().expect("one sequence") } else { Tensor::cat(&outs, 1)? };
         let out = out.transpose(0, 1)?.reshape((n, nh * hd))?;
-        Ok(a.o_proj.forward(&out)?)
+        a.o_proj.forward(&out)
     }
 }
 
