@@ -8,7 +8,11 @@
 //! the attention diagonal is zeroed; the importance of key j is the mean over layers, query heads
 //! and answer queries i > idx(`</think>`) of a(i → j). Kept per thinking token (strictly between
 //! `<think>` and `</think>`): the importance and the final hidden state (after the final norm,
-//! the IP's input at inference).
+//! the IP's input at inference). A model that solves too little to have correct traces (SmolLM2)
+//! is labelled on a dataset's worked solutions instead (`--solutions`: synthetic-chain-train's, or
+//! MATH's / GSM8K's reference solutions, evaluation sets' questions left out): the solution is the
+//! thinking and a closing `\boxed{}` sentence the answer; without thinking tokens in the
+//! vocabulary, the split is where the parts were tokenized apart.
 //!
 //! **Training** (`train`): the frozen model's hidden states are inputs, so only the IP trains:
 //! `Linear(d→h1, no bias) → Softplus → Linear(h1→h2) → Softplus → Linear(h2→1) → Softplus`, labels
