@@ -83,12 +83,13 @@ pub fn matmul_few_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias:
     debug_assert!(x.len() == m * k && w.len() == n * k);
     // Blocks of output rows: enough tasks to balance the threads, each a few weight rows long.
     let block = n.div_ceil(rayon::current_num_threads() * 8).clamp(8, 256);
+    let simd = has_avx2_fma();
     // yᵀ `[n, m]`: each task writes one contiguous stretch.
     let mut yt = vec![0f32; n * m];
     yt.par_chunks_mut(block * m).enumerate().for_each(|(bi, out)| {
         for (j, o) in out.chunks_mut(m).enumerate() {
             let row = bi * block + j;
-            dots(x, k, &w[row * k..(row + 1) * k], o);
+            dots(simd, x, k, &w[row * k..(row + 1) * k], o);
             if let Some(b) = bias {
                 o.iter_mut().for_each(|y| *y += b[row]);
             }
@@ -106,12 +107,21 @@ pub fn matmul_few_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias:
     y
 }
 
-/// `out[r] = Σ_i x[r·k + i] · w[i]` for every row r of `x`: with AVX2 and FMA where the CPU has
-/// them (detected at run time; each weight chunk is loaded once for up to four rows), else in
-/// portable code the compiler vectorises for the baseline target.
-fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+/// Whether the CPU has AVX2 and FMA (asked once per product, not per weight row).
+fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `out[r] = Σ_i x[r·k + i] · w[i]` for every row r of `x`: with AVX2 and FMA when `simd` (the CPU
+/// has them; each weight chunk is loaded once for up to four rows), else in portable code the
+/// compiler vectorises for the baseline target.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn dots(simd: bool, x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
         let mut r = 0;
         while r < out.len() {
             let g = (out.len() - r).min(4);
@@ -138,7 +148,7 @@ fn dots(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
 #[cfg(all(test, target_arch = "x86_64"))]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut out = [0f32];
-    dots(a, a.len(), b, &mut out);
+    dots(has_avx2_fma(), a, a.len(), b, &mut out);
     out[0]
 }
 
