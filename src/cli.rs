@@ -208,6 +208,10 @@ pub struct TrainToyArgs {
     /// a budget test's choice; the model learns both kinds of lookup at 0.4).
     #[arg(long, default_value_t = 0.4)]
     pub fact_ref: f64,
+    /// Statements per training problem, an inclusive range LO-HI (the evaluation set's, 6-20, when
+    /// not given): shorter problems make the first stage of a curriculum cheap.
+    #[arg(long, value_parser = parse_range)]
+    pub statements: Option<[usize; 2]>,
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     /// Problems per step (fresh every step).
@@ -508,4 +512,32 @@ pub struct GenerateArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+/// `LO-HI` (or a single `N`) as an inclusive range of positive integers.
+fn parse_range(s: &str) -> Result<[usize; 2], String> {
+    let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("`{s}` is not a range LO-HI of whole numbers"));
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (num(lo)?, num(hi)?),
+        None => (num(s)?, num(s)?),
+    };
+    if lo == 0 || lo > hi {
+        return Err(format!("`{s}`: the range must have 1 ≤ LO ≤ HI"));
+    }
+    Ok([lo, hi])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_parse_and_bad_ones_name_the_input() {
+        assert_eq!(parse_range("4-10"), Ok([4, 10]));
+        assert_eq!(parse_range("7"), Ok([7, 7]));
+        for bad in ["10-4", "0-3", "4-", "a-b", "4-10-12"] {
+            let err = parse_range(bad).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 }

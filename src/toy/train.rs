@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{training_tokens, ToyShape, PAD};
@@ -180,10 +181,10 @@ type Tokenized = (Vec<u32>, usize);
 type Pool = Option<(usize, Vec<Vec<Tokenized>>)>;
 
 /// Problems `first..first + n`, padded to the longest of them.
-fn make_batch(tok: &tokenizers::Tokenizer, task: &ChainParams, first: usize, n: usize, dev: &Device) -> Result<Batch> {
-    let seqs: Vec<Tokenized> =
-        (first..first + n).map(|i| training_tokens(tok, &problem(task, i))).collect::<Result<_>>()?;
-    batch_of(&seqs, dev)
+/// Problems `0..n`, in [`SHARDS`] batches.
+fn held_out_shards(tok: &tokenizers::Tokenizer, task: &ChainParams, n: usize, dev: &Device) -> Result<Vec<Batch>> {
+    let seqs: Vec<Tokenized> = (0..n).map(|i| training_tokens(tok, &problem(task, i))).collect::<Result<_>>()?;
+    seqs.chunks(n.div_ceil(SHARDS)).map(|shard| batch_of(shard, dev)).collect()
 }
 
 /// Training batches come from pools of [`POOL`] batches' worth of fresh problems, sorted by length
@@ -191,13 +192,19 @@ fn make_batch(tok: &tokenizers::Tokenizer, task: &ChainParams, first: usize, n: 
 /// are taken in a shuffled order.
 const POOL: usize = 8;
 
-fn training_batch(
+/// A step's batch is split into this many shards, whose forward and backward passes run at once
+/// (candle's CPU ops leave half of two cores idle on this model); their gradients are summed. A
+/// constant, not the thread count, so that the weights do not depend on the machine.
+const SHARDS: usize = 2;
+
+/// The step's problems, cut into [`SHARDS`] batches (neighbours in length).
+fn training_shards(
     tok: &tokenizers::Tokenizer,
     o: &TrainOptions,
     step: usize,
     pool: &mut Pool,
     dev: &Device,
-) -> Result<Batch> {
+) -> Result<Vec<Batch>> {
     let index = step / POOL;
     if pool.as_ref().is_none_or(|(i, _)| *i != index) {
         let first = index * POOL * o.batch;
@@ -217,7 +224,8 @@ fn training_batch(
         *pool = Some((index, batches));
     }
     let (_, batches) = pool.as_ref().expect("filled above");
-    batch_of(&batches[step % POOL], dev)
+    let seqs = &batches[step % POOL];
+    seqs.chunks(seqs.len().div_ceil(SHARDS)).map(|shard| batch_of(shard, dev)).collect()
 }
 
 fn batch_of(seqs: &[Tokenized], dev: &Device) -> Result<Batch> {
@@ -260,28 +268,97 @@ pub struct Scores {
     pub solved: f64,
 }
 
-fn loss_and_scores(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Scores)> {
-    let picked = logits.index_select(&batch.rows, 0)?;
-    let targets = Tensor::from_slice(&batch.targets, batch.targets.len(), logits.device())?;
-    let loss = candle_nn::loss::cross_entropy(&picked, &targets)?;
-    let pred: Vec<u32> = picked.argmax(D::Minus1)?.to_vec1()?;
-    let mut wrong = vec![false; batch.problems];
-    let (mut right, mut look, mut look_right) = (0usize, 0usize, 0usize);
-    for (i, (&p, &t)) in pred.iter().zip(&batch.targets).enumerate() {
-        right += (p == t) as usize;
-        wrong[batch.owner[i]] |= p != t;
-        if batch.lookup[i] {
-            look += 1;
-            look_right += (p == t) as usize;
+/// Sums over a batch (or a shard of one), from which [`Scores`] are shares.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    nll: f64,
+    targets: usize,
+    right: usize,
+    lookups: usize,
+    lookups_right: usize,
+    problems: usize,
+    solved: usize,
+}
+
+impl Counts {
+    fn add(self, o: Counts) -> Counts {
+        Counts {
+            nll: self.nll + o.nll,
+            targets: self.targets + o.targets,
+            right: self.right + o.right,
+            lookups: self.lookups + o.lookups,
+            lookups_right: self.lookups_right + o.lookups_right,
+            problems: self.problems + o.problems,
+            solved: self.solved + o.solved,
         }
     }
-    let scores = Scores {
-        loss: loss.to_scalar::<f32>()? as f64,
-        token_acc: right as f64 / pred.len() as f64,
-        lookup_acc: look_right as f64 / look.max(1) as f64,
-        solved: wrong.iter().filter(|w| !**w).count() as f64 / batch.problems as f64,
+
+    fn scores(&self) -> Scores {
+        Scores {
+            loss: self.nll / self.targets.max(1) as f64,
+            token_acc: self.right as f64 / self.targets.max(1) as f64,
+            lookup_acc: self.lookups_right as f64 / self.lookups.max(1) as f64,
+            solved: self.solved as f64 / self.problems.max(1) as f64,
+        }
+    }
+}
+
+/// The batch's summed cross-entropy divided by `denominator` (the step's target count, so that the
+/// shards' losses add up to the step's mean), and its counts.
+fn loss_and_counts(logits: &Tensor, batch: &Batch, denominator: usize) -> Result<(Tensor, Counts)> {
+    let picked = logits.index_select(&batch.rows, 0)?;
+    let targets = Tensor::from_slice(&batch.targets, (batch.targets.len(), 1), logits.device())?;
+    let nll = candle_nn::ops::log_softmax(&picked, D::Minus1)?.gather(&targets, 1)?.sum_all()?.neg()?;
+    let pred: Vec<u32> = picked.argmax(D::Minus1)?.to_vec1()?;
+    let mut wrong = vec![false; batch.problems];
+    let mut c = Counts { targets: pred.len(), problems: batch.problems, ..Counts::default() };
+    for (i, (&p, &t)) in pred.iter().zip(&batch.targets).enumerate() {
+        c.right += (p == t) as usize;
+        wrong[batch.owner[i]] |= p != t;
+        if batch.lookup[i] {
+            c.lookups += 1;
+            c.lookups_right += (p == t) as usize;
+        }
+    }
+    c.solved = wrong.iter().filter(|w| !**w).count();
+    c.nll = nll.to_scalar::<f32>()? as f64;
+    Ok(((nll / denominator as f64)?, c))
+}
+
+/// One step's forward and backward passes, a shard per task; the gradients summed in shard order.
+fn shard_gradients(
+    shape: &ToyShape,
+    weights: &(dyn Fn(&str) -> Tensor + Sync),
+    shards: &[Batch],
+    vars: &[Var],
+) -> Result<(candle_core::backprop::GradStore, Counts)> {
+    let denominator: usize = shards.iter().map(|b| b.targets.len()).sum();
+    let pass = |b: &Batch| -> Result<(candle_core::backprop::GradStore, Counts)> {
+        let logits = forward(shape, weights, &b.tokens)?;
+        let (loss, counts) = loss_and_counts(&logits, b, denominator)?;
+        Ok((loss.backward()?, counts))
     };
-    Ok((loss, scores))
+    let passes: Vec<Result<(candle_core::backprop::GradStore, Counts)>> = shards.par_iter().map(pass).collect();
+    let mut passes = passes.into_iter();
+    let (mut grads, mut counts) = passes.next().context("a step has at least one shard")??;
+    for pass in passes {
+        let (more, c) = pass?;
+        counts = counts.add(c);
+        for v in vars {
+            let t = v.as_tensor();
+            match (grads.get(t), more.get(t)) {
+                (Some(a), Some(b)) => {
+                    let sum = (a + b)?;
+                    grads.insert(t, sum);
+                }
+                (None, Some(b)) => {
+                    grads.insert(t, b.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((grads, counts))
 }
 
 /// Linear warmup from the first step (a continuation's fresh optimiser warms up again), the peak
@@ -305,7 +382,9 @@ struct TrainingRecord<'a> {
     options: &'a TrainOptions,
     kvbench_version: &'static str,
     git_commit: Option<&'static str>,
+    /// candle's threads per kernel, and the shards of each step run at once.
     threads: usize,
+    shards: usize,
     seconds: f64,
     parameters: usize,
     final_eval: Scores,
@@ -342,7 +421,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
     let mut opt_plain = AdamW::new(group(false), adam(0.0))?;
     // Held out from training: another seed of the same distribution.
     let eval_task = ChainParams { seed: o.task.seed ^ 0x5EED_E7A1, ..o.task.clone() };
-    let eval = make_batch(&tok, &eval_task, 0, 64, &dev)?;
+    let eval = held_out_shards(&tok, &eval_task, 64, &dev)?;
 
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     super::write_model_files(&o.out, &o.shape)?;
@@ -364,7 +443,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
         )?;
     }
     eprintln!(
-        "training the toy model: {n_params} parameters, {} steps × {} problems, {} threads",
+        "training the toy model: {n_params} parameters, {} steps × {} problems in {SHARDS} shards, {} threads per kernel",
         o.steps,
         o.batch,
         candle_core::utils::get_num_threads()
@@ -378,10 +457,9 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
         let lr = lr_at(o, step);
         opt_decay.set_learning_rate(lr);
         opt_plain.set_learning_rate(lr);
-        let batch = training_batch(&tok, o, step, &mut pool, &dev)?;
-        let logits = forward(&o.shape, &weights, &batch.tokens)?;
-        let (loss, s) = loss_and_scores(&logits, &batch)?;
-        let mut grads = loss.backward()?;
+        let shards = training_shards(&tok, o, step, &mut pool, &dev)?;
+        let (mut grads, counts) = shard_gradients(&o.shape, &weights, &shards, &all_vars)?;
+        let s = counts.scores();
         clip_gradients(&all_vars, &mut grads, o.clip)?;
         opt_decay.step(&grads)?;
         opt_plain.step(&grads)?;
@@ -432,6 +510,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
         kvbench_version: env!("CARGO_PKG_VERSION"),
         git_commit: option_env!("KVBENCH_GIT_COMMIT"),
         threads: candle_core::utils::get_num_threads(),
+        shards: SHARDS,
         seconds: start.elapsed().as_secs_f64(),
         parameters: n_params,
         final_eval,
@@ -453,19 +532,23 @@ fn keep_freed_memory() {
         }
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_MAX: i32 = -4;
+        // The shards' threads would each get an arena of their own, which does return memory.
+        const M_ARENA_MAX: i32 = -8;
         // SAFETY: mallopt only changes allocator thresholds; called before the large allocations.
         unsafe {
             mallopt(M_MMAP_MAX, 0);
+            mallopt(M_ARENA_MAX, 1);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
         }
     }
 }
 
-fn evaluate(shape: &ToyShape, weights: &dyn Fn(&str) -> Tensor, batch: &Batch) -> Result<Scores> {
+fn evaluate(shape: &ToyShape, weights: &(dyn Fn(&str) -> Tensor + Sync), shards: &[Batch]) -> Result<Scores> {
     // Detached copies: no graph is kept for evaluation.
     let detached = |name: &str| weights(name).detach();
-    let logits = forward(shape, &detached, &batch.tokens)?;
-    Ok(loss_and_scores(&logits, batch)?.1)
+    let counts: Vec<Result<Counts>> =
+        shards.par_iter().map(|b| Ok(loss_and_counts(&forward(shape, &detached, &b.tokens)?, b, 1)?.1)).collect();
+    counts.into_iter().try_fold(Counts::default(), |sum, c| Ok(sum.add(c?))).map(|c| c.scores())
 }
 
 /// Scales the gradients of `vars` so that their global L2 norm is at most `max_norm`.
@@ -530,6 +613,31 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-4, "max |Δlogit| = {diff}");
+    }
+
+    /// Two shards' summed gradients are the whole batch's (the step's mean loss, split).
+    #[test]
+    fn shard_gradients_add_up_to_the_batch_gradient() {
+        let shape = ToyShape::tiny();
+        let dev = Device::Cpu;
+        let params = init_params(&shape, 5, &dev).unwrap();
+        let vars: Vec<Var> = params.vars.iter().map(|(_, v)| v.clone()).collect();
+        let tok = super::super::tokenizer().unwrap();
+        let task = ChainParams { seed: 4, rows: 4, facts: [4, 5], steps: [3, 9], fact_ref: 0.4, ops: "+".into() };
+        let seqs: Vec<Tokenized> = (0..4).map(|i| training_tokens(&tok, &problem(&task, i)).unwrap()).collect();
+        let weights = |n: &str| params.get(n).clone();
+        let whole = [batch_of(&seqs, &dev).unwrap()];
+        let halves = [batch_of(&seqs[..2], &dev).unwrap(), batch_of(&seqs[2..], &dev).unwrap()];
+        let (g1, c1) = shard_gradients(&shape, &weights, &whole, &vars).unwrap();
+        let (g2, c2) = shard_gradients(&shape, &weights, &halves, &vars).unwrap();
+        assert_eq!((c1.targets, c1.right, c1.lookups, c1.problems), (c2.targets, c2.right, c2.lookups, c2.problems));
+        assert!((c1.nll - c2.nll).abs() < 1e-3 * c1.nll, "{} vs {}", c1.nll, c2.nll);
+        for (name, v) in &params.vars {
+            let (a, b) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(scale > 0.0 && diff <= 1e-4 * scale, "{name}: max |Δgrad| {diff} of {scale}");
+        }
     }
 
     /// A few steps on a tiny shape lower the loss, and the same seed gives the same weights.
