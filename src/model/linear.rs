@@ -39,6 +39,27 @@ impl Proj {
         Self { inner: Linear::new(weight, bias), threaded }
     }
 
+    /// Several projections of the same input as one (their weights stacked by output row): one
+    /// pass over the input and one hand-off to the threads instead of one per projection. A part
+    /// without a bias gets zeros where another has one.
+    pub fn stacked(parts: Vec<(Tensor, Option<Tensor>)>) -> Result<Self> {
+        let any_bias = parts.iter().any(|(_, b)| b.is_some());
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for (w, b) in parts {
+            if any_bias {
+                biases.push(match b {
+                    Some(b) => b,
+                    None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+                });
+            }
+            weights.push(w);
+        }
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if any_bias { Some(Tensor::cat(&biases, 0)?) } else { None };
+        Ok(Self::new(weight, bias))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
@@ -264,5 +285,29 @@ mod tests {
         }
         // A small weight stays on candle's path.
         assert!(!Proj::new(Tensor::zeros((8, 8), DType::F32, &dev).unwrap(), None).threaded);
+    }
+
+    /// A stacked projection's output is its parts' outputs side by side, zeros standing in for a
+    /// missing bias; on the threaded path each element is the same dot product, bit for bit.
+    #[test]
+    fn stacked_projections_equal_their_parts() {
+        let dev = Device::Cpu;
+        let k = 96;
+        let (wq, wk) =
+            (Tensor::randn(0f32, 1.0, (900, k), &dev).unwrap(), Tensor::randn(0f32, 1.0, (700, k), &dev).unwrap());
+        let bq = Tensor::randn(0f32, 1.0, 900, &dev).unwrap();
+        let stacked = Proj::stacked(vec![(wq.clone(), Some(bq.clone())), (wk.clone(), None)]).unwrap();
+        let (q, kp) = (Proj::new(wq, Some(bq)), Proj::new(wk, None));
+        for rows in [1, 3, MAX_ROWS, MAX_ROWS + 5] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+            let want = Tensor::cat(&[q.forward(&x).unwrap(), kp.forward(&x).unwrap()], 1).unwrap();
+            let diff = (stacked.forward(&x).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            if rows <= MAX_ROWS && rayon::current_num_threads() > 1 {
+                assert_eq!(diff, 0.0, "rows {rows}");
+            } else {
+                assert!(diff < 1e-4, "rows {rows}: max difference {diff}");
+            }
+        }
     }
 }

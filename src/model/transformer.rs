@@ -20,17 +20,16 @@ use crate::cache::KvCache;
 use crate::observe::{AttentionView, Observer};
 
 struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
+    /// q_proj, k_proj and v_proj stacked: `[q | k | v]` per row.
+    qkv_proj: Proj,
     o_proj: Proj,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
 }
 
 struct Mlp {
-    gate_proj: Proj,
-    up_proj: Proj,
+    /// gate_proj and up_proj stacked: `[gate | up]` per row.
+    gate_up_proj: Proj,
     down_proj: Proj,
 }
 
@@ -64,9 +63,14 @@ pub struct SeqStep<'a> {
 }
 
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
+    let (weight, bias) = linear_parts(in_dim, out_dim, bias, vb)?;
+    Ok(Proj::new(weight, bias))
+}
+
+fn linear_parts(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<(Tensor, Option<Tensor>)> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-    Ok(Proj::new(weight, bias))
+    Ok((weight, bias))
 }
 
 fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
@@ -93,17 +97,21 @@ impl Transformer {
                     (None, None)
                 };
                 let self_attn = Attention {
-                    q_proj: linear(d, cfg.num_heads * hd, cfg.qkv_bias, vb_a.pp("q_proj"))?,
-                    k_proj: linear(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("k_proj"))?,
-                    v_proj: linear(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("v_proj"))?,
+                    qkv_proj: Proj::stacked(vec![
+                        linear_parts(d, cfg.num_heads * hd, cfg.qkv_bias, vb_a.pp("q_proj"))?,
+                        linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("k_proj"))?,
+                        linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("v_proj"))?,
+                    ])?,
                     o_proj: linear(cfg.num_heads * hd, d, false, vb_a.pp("o_proj"))?,
                     q_norm: qk_norm_q,
                     k_norm: qk_norm_k,
                 };
                 let vb_mlp = vb_l.pp("mlp");
                 let mlp = Mlp {
-                    gate_proj: linear(d, cfg.intermediate_size, false, vb_mlp.pp("gate_proj"))?,
-                    up_proj: linear(d, cfg.intermediate_size, false, vb_mlp.pp("up_proj"))?,
+                    gate_up_proj: Proj::stacked(vec![
+                        linear_parts(d, cfg.intermediate_size, false, vb_mlp.pp("gate_proj"))?,
+                        linear_parts(d, cfg.intermediate_size, false, vb_mlp.pp("up_proj"))?,
+                    ])?,
                     down_proj: linear(cfg.intermediate_size, d, false, vb_mlp.pp("down_proj"))?,
                 };
                 Ok(Block {
@@ -230,8 +238,10 @@ impl Transformer {
             x = (x + attn)?;
             let h = block.post_attention_layernorm.forward(&x)?;
             let m = &block.mlp;
-            let gate = candle_nn::ops::silu(&m.gate_proj.forward(&h)?)?;
-            let mlp = m.down_proj.forward(&(gate * m.up_proj.forward(&h)?)?)?;
+            let f = self.cfg.intermediate_size;
+            let gate_up = m.gate_up_proj.forward(&h)?;
+            let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, f)?)?;
+            let mlp = m.down_proj.forward(&(gate * gate_up.narrow(D::Minus1, f, f)?)?)?;
             x = (x + mlp)?;
         }
         let hidden = self.norm.forward(&x)?;
@@ -268,9 +278,10 @@ impl Transformer {
         let cfg = &self.cfg;
         let (n, hd, nh, nkv) = (h.dim(0)?, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let groups = nh / nkv;
-        let mut q = a.q_proj.forward(h)?.reshape((n, nh, hd))?;
-        let mut k = a.k_proj.forward(h)?.reshape((n, nkv, hd))?;
-        let v = a.v_proj.forward(h)?.reshape((n, nkv, hd))?;
+        let qkv = a.qkv_proj.forward(h)?;
+        let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((n, nh, hd))?;
+        let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((n, nkv, hd))?;
+        let v = qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?.reshape((n, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
             q = qn.forward(&q.contiguous()?)?;
             k = kn.forward(&k.contiguous()?)?;

@@ -180,8 +180,7 @@ type Tokenized = (Vec<u32>, usize);
 /// The current pool: its index and its batches.
 type Pool = Option<(usize, Vec<Vec<Tokenized>>)>;
 
-/// Problems `first..first + n`, padded to the longest of them.
-/// Problems `0..n`, in [`SHARDS`] batches.
+/// Problems `0..n`, in [`SHARDS`] batches, each padded to its longest.
 fn held_out_shards(tok: &tokenizers::Tokenizer, task: &ChainParams, n: usize, dev: &Device) -> Result<Vec<Batch>> {
     let seqs: Vec<Tokenized> = (0..n).map(|i| training_tokens(tok, &problem(task, i))).collect::<Result<_>>()?;
     seqs.chunks(n.div_ceil(SHARDS)).map(|shard| batch_of(shard, dev)).collect()
