@@ -183,7 +183,12 @@ type Pool = Option<(usize, Vec<Vec<Tokenized>>)>;
 /// Problems `0..n`, in [`SHARDS`] batches, each padded to its longest.
 fn held_out_shards(tok: &tokenizers::Tokenizer, task: &ChainParams, n: usize, dev: &Device) -> Result<Vec<Batch>> {
     let seqs: Vec<Tokenized> = (0..n).map(|i| training_tokens(tok, &problem(task, i))).collect::<Result<_>>()?;
-    seqs.chunks(n.div_ceil(SHARDS)).map(|shard| batch_of(shard, dev)).collect()
+    shards_of(&seqs, dev)
+}
+
+/// `seqs` cut into [`SHARDS`] consecutive batches.
+fn shards_of(seqs: &[Tokenized], dev: &Device) -> Result<Vec<Batch>> {
+    seqs.chunks(seqs.len().div_ceil(SHARDS)).map(|shard| batch_of(shard, dev)).collect()
 }
 
 /// Training batches come from pools of [`POOL`] batches' worth of fresh problems, sorted by length
@@ -223,8 +228,7 @@ fn training_shards(
         *pool = Some((index, batches));
     }
     let (_, batches) = pool.as_ref().expect("filled above");
-    let seqs = &batches[step % POOL];
-    seqs.chunks(seqs.len().div_ceil(SHARDS)).map(|shard| batch_of(shard, dev)).collect()
+    shards_of(&batches[step % POOL], dev)
 }
 
 fn batch_of(seqs: &[Tokenized], dev: &Device) -> Result<Batch> {
