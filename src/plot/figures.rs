@@ -259,10 +259,16 @@ impl BarChart<'_> {
         }
 
         let kmax = self.bars.iter().map(|b| b.kv).fold(0.0, f64::max);
-        let (ktop, kstep) = nice_axis(kmax / 0.9, 6);
-        let klabels = ticks(ktop, kstep).into_iter().map(|v| fmt_kv(v, kstep, ktop)).collect::<Vec<_>>();
+        let (ktop0, kstep) = nice_axis(kmax / 0.9, 6);
+        // The KV axis may be raised (see `kv_top_clear_of_labels`): room for its widest labels.
+        let kv_labels = |top: f64| ticks(top, kstep).into_iter().map(|v| fmt_kv(v, kstep, top)).collect::<Vec<_>>();
         let right = if self.kv {
-            tl + pad + max_width(klabels.iter().map(|t| (t, tick)))? + pad + title_w + pt(2.0)
+            let widest = kv_top_candidates(ktop0, kstep)
+                .map(|top| max_width(kv_labels(top).iter().map(|t| (t, tick))))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .fold(0.0, f64::max);
+            tl + pad + widest + pad + title_w + pt(2.0)
         } else {
             pt(6.0)
         };
@@ -352,6 +358,19 @@ impl BarChart<'_> {
         }
 
         if self.kv {
+            let plot_h = plot.y1 - plot.y0;
+            let label_h = measure("0", &TextStyle::new(value_pt))?.1;
+            let spans: Vec<KvSpan> = self
+                .bars
+                .iter()
+                .filter(|b| b.value.is_finite() && b.kv.is_finite())
+                .map(|b| {
+                    let lo = (y.p0 - y.at(b.value) + pt(4.0)) / plot_h;
+                    KvSpan { kv: b.kv, label: (lo, lo + label_h / plot_h) }
+                })
+                .collect();
+            let ktop = kv_top_clear_of_labels(ktop0, kstep, &spans, (pt(sz.marker) / 2.0 + pt(1.5)) / plot_h);
+            let klabels = kv_labels(ktop);
             let k = Scale { lo: 0.0, hi: ktop, p0: plot.y1, p1: plot.y0 };
             vline(s, plot.x1, plot.y0, plot.y1 + sw / 2.0, sw, INK);
             let label = TextStyle::new(sz.tick).color(BLUE);
@@ -378,6 +397,32 @@ impl BarChart<'_> {
         }
         Ok(plot)
     }
+}
+
+/// A bar's KV cache length and the vertical extent of its value label, as fractions of the plot's
+/// height from its bottom.
+struct KvSpan {
+    kv: f64,
+    label: (f64, f64),
+}
+
+/// The KV axis tops tried: the nice top, then a step higher at a time up to twice it.
+fn kv_top_candidates(ktop0: f64, kstep: f64) -> impl Iterator<Item = f64> {
+    let n = (ktop0 / kstep).round() as usize;
+    (0..=n).map(move |j| ktop0 + j as f64 * kstep)
+}
+
+/// The lowest KV axis top at which no marker (half its height `half`, a fraction of the plot's)
+/// covers its own bar's value label: the full cache's marker tends to sit level with the top of a
+/// high bar. `ktop0` when no candidate clears them all.
+fn kv_top_clear_of_labels(ktop0: f64, kstep: f64, spans: &[KvSpan], half: f64) -> f64 {
+    let clear = |top: f64| {
+        spans.iter().all(|s| {
+            let at = s.kv / top;
+            at + half <= s.label.0 || at - half >= s.label.1
+        })
+    };
+    kv_top_candidates(ktop0, kstep).find(|&top| clear(top)).unwrap_or(ktop0)
 }
 
 /// An optional title across the top of a figure; returns the height it takes.
@@ -650,5 +695,21 @@ mod tests {
         assert_eq!(fmt_kv(5000.0, 5000.0, 20000.0), "5k");
         assert_eq!(fmt_kv(300.0, 100.0, 600.0), "300");
         assert_eq!(fmt_tick(0.5, 0.25), "0.50");
+    }
+
+    #[test]
+    fn kv_axis_rises_until_no_marker_covers_its_bars_label() {
+        // The built-in summary: full cache 99 % (axis 120) with 352 KV, DynTS 70 % with 268; labels
+        // 0.02 above their bar, 0.05 high, markers 0.02 half-high.
+        let span = |acc: f64, kv: f64| KvSpan { kv, label: (acc / 120.0 + 0.02, acc / 120.0 + 0.07) };
+        let spans = [span(99.0, 352.0), span(70.0, 268.0), span(41.0, 268.0)];
+        // At 400 the full cache's marker (0.88) sits on its label (0.845–0.895); at 500 it is
+        // inside its bar (0.70), DynTS's (0.536) just under its bar's top (0.583).
+        assert_eq!(kv_top_clear_of_labels(400.0, 100.0, &spans, 0.02), 500.0);
+        assert_eq!(kv_top_clear_of_labels(400.0, 100.0, &spans[2..], 0.02), 400.0);
+        // A marker that no top up to twice the nice one clears leaves the nice one.
+        let stuck = [KvSpan { kv: 100.0, label: (0.0, 1.0) }];
+        assert_eq!(kv_top_clear_of_labels(400.0, 100.0, &stuck, 0.02), 400.0);
+        assert_eq!(kv_top_candidates(400.0, 100.0).collect::<Vec<_>>(), [400.0, 500.0, 600.0, 700.0, 800.0]);
     }
 }
