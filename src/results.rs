@@ -69,6 +69,17 @@ pub struct SummaryRow {
     pub policy_time_share: f64,
 }
 
+/// A mean in percent, scaled before the division so that a whole count over the questions prints
+/// as itself (116 of 200 → 58, not 57.99999999999999).
+fn percent(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        100.0 * s / n as f64
+    }
+}
+
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     if n == 0 {
@@ -112,8 +123,9 @@ pub fn summarize(records: &[&SampleRecord], model: &str) -> Vec<SummaryRow> {
                 0.0
             };
             let n = by_q.values().map(|s| s.len()).max().unwrap_or(0);
-            let pass = mean(by_q.values().map(|s| pass_at_k(s.len(), s.iter().filter(|r| r.correct).count(), s.len())));
-            let maj = mean(by_q.values().map(|s| {
+            let pass =
+                percent(by_q.values().map(|s| pass_at_k(s.len(), s.iter().filter(|r| r.correct).count(), s.len())));
+            let maj = percent(by_q.values().map(|s| {
                 // Majority over normalised answers; ties go to the answer seen first.
                 let mut counts: Vec<(String, usize, bool)> = Vec::new();
                 for r in s {
@@ -143,10 +155,10 @@ pub fn summarize(records: &[&SampleRecord], model: &str) -> Vec<SummaryRow> {
                 ratio: rs[0].ratio,
                 questions: by_q.len(),
                 samples: n,
-                accuracy: 100.0 * acc,
+                accuracy: percent(per_q.iter().copied()),
                 accuracy_ci95: 100.0 * ci,
-                pass_at_k: 100.0 * pass,
-                maj_at_k: 100.0 * maj,
+                pass_at_k: pass,
+                maj_at_k: maj,
                 peak_kv: f(&|r| r.peak_kv as f64),
                 mean_kv: f(&|r| r.mean_kv),
                 kv_footprint: f(&|r| r.kv_footprint as f64),
@@ -203,5 +215,14 @@ mod tests {
         assert!((pass_at_k(5, 2, 1) - 0.4).abs() < 1e-12);
         // n = 5, c = 1, k = 2: 1 − C(4,2)/C(5,2) = 1 − 6/10
         assert!((pass_at_k(5, 1, 2) - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn whole_counts_print_as_themselves_in_percent() {
+        let flags = || (0..200).map(|i| if i < 116 { 1.0 } else { 0.0 });
+        assert_eq!(percent(flags()), 58.0);
+        // Dividing first, as a mean does, leaves a tail in the CSV.
+        assert_eq!(100.0 * mean(flags()), 57.99999999999999);
+        assert_eq!(percent(std::iter::empty()), 0.0);
     }
 }
