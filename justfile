@@ -28,13 +28,15 @@ check: build
 
 # Regenerate the committed reference of the built-in benchmark and its figures.
 builtin-reference: build
+    rm -rf results/builtin-reference
     target/release/kvbench run --out results/builtin-reference
     target/release/kvbench plot results/builtin-reference/summary.csv --out plots/builtin
 
 # The budget sweep of the built-in benchmark (accuracy rising with B), and its figures.
 builtin-sweep: build
-    target/release/kvbench run --budget 160,224,288,384 --window 64 --ratio 0.8 --out results/builtin-sweep
-    target/release/kvbench plot results/builtin-sweep/summary.csv --budget 288 --out plots/builtin-sweep
+    rm -rf results/builtin-sweep
+    target/release/kvbench run --budget 192,256,320,384 --window 64 --ratio 0.8 --out results/builtin-sweep
+    target/release/kvbench plot results/builtin-sweep/summary.csv --budget 320 --out plots/builtin-sweep
 
 # Train the toy model from scratch into assets/toy-chain (34 min on two cores), as the committed one
 # was: a curriculum on synthetic-chain's addition-only problems. Short problems first (4–10

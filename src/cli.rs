@@ -204,7 +204,7 @@ pub struct TrainToyArgs {
     /// stages of the committed model's curriculum).
     #[arg(long, default_value = "+")]
     pub ops: String,
-    /// Chance that a training statement's older operand is a fact (the evaluation set's is 0.8:
+    /// Chance that a training statement's older operand is a fact (the evaluation set's is 0.9:
     /// a budget test's choice; the model learns both kinds of lookup at 0.4).
     #[arg(long, default_value_t = 0.4)]
     pub fact_ref: f64,
