@@ -9,6 +9,11 @@
 //!   (z = 3 by default: a false alarm about once in 370 configurations);
 //! - or a fixed `--tolerance` in points.
 //!
+//! Under the exact rule, when both folders hold their `samples.jsonl`, a configuration must also
+//! answer the same questions correctly: a changed policy can flip as many answers one way as the
+//! other and leave the accuracy where it was (h2o keeping its lowest scores instead of its highest
+//! on the built-in benchmark: 34 of 200 answers flipped, 57.5 % either way).
+//!
 //! Exit status (the caller's): 0 all within tolerance, 1 a configuration moved beyond it, 2 the
 //! two cannot be compared (a configuration of the reference is missing, unreadable files).
 
@@ -40,6 +45,8 @@ pub struct Comparison {
     pub reference: f64,
     pub result: f64,
     pub tolerance: f64,
+    /// Samples (question, sample) graded differently in the two runs, under the exact rule.
+    pub flipped: Option<usize>,
     pub verdict: Verdict,
 }
 
@@ -62,22 +69,24 @@ impl CheckReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<width$}  {:>9}  {:>9}  {:>7}  {:>9}  verdict",
-            "configuration", "reference", "result", "Δ", "tolerance"
+            "{:<width$}  {:>9}  {:>9}  {:>7}  {:>9}  {:>7}  verdict",
+            "configuration", "reference", "result", "Δ", "tolerance", "flipped"
         );
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "{:<width$}  {:>8.1}%  {:>8.1}%  {:>+7.1}  {:>9}  {}",
+                "{:<width$}  {:>8.1}%  {:>8.1}%  {:>+7.1}  {:>9}  {:>7}  {}",
                 r.config,
                 r.reference,
                 r.result,
                 r.result - r.reference,
                 if r.tolerance == 0.0 { "exact".to_string() } else { format!("±{:.1}", r.tolerance) },
+                r.flipped.map_or("-".to_string(), |n| n.to_string()),
                 match r.verdict {
                     Verdict::Within => "ok",
                     Verdict::Beyond if r.result < r.reference => "REGRESSION (lower)",
-                    Verdict::Beyond => "CHANGED (higher)",
+                    Verdict::Beyond if r.result > r.reference => "CHANGED (higher)",
+                    Verdict::Beyond => "CHANGED (answers flipped)",
                 }
             );
         }
@@ -110,8 +119,49 @@ fn read_rows(path: &Path) -> Result<Vec<SummaryRow>> {
 }
 
 fn config_key(r: &SummaryRow) -> String {
-    let budget = if r.budget == 0 { "full".to_string() } else { format!("B{}-W{}-r{}", r.budget, r.window, r.ratio) };
-    format!("{}/{}/{} {}", r.model, r.dataset, r.policy, budget)
+    format!("{}/{}", r.model, run_key(&r.dataset, &r.policy, r.budget, r.window, r.ratio))
+}
+
+/// A configuration within one run folder (which holds one model).
+fn run_key(dataset: &str, policy: &str, budget: usize, window: usize, ratio: f64) -> String {
+    let budget = if budget == 0 { "full".to_string() } else { format!("B{budget}-W{window}-r{ratio}") };
+    format!("{dataset}/{policy} {budget}")
+}
+
+/// The fields of a `samples.jsonl` line that grading left.
+#[derive(serde::Deserialize)]
+struct Graded {
+    dataset: String,
+    policy: String,
+    budget: usize,
+    window: usize,
+    ratio: f64,
+    question_index: usize,
+    sample: usize,
+    correct: bool,
+}
+
+/// Per configuration (`run_key`), each (question, sample)'s grade.
+type Grades = BTreeMap<String, BTreeMap<(usize, usize), bool>>;
+
+fn read_grades(path: &Path) -> Result<Grades> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut grades = Grades::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let g: Graded =
+            serde_json::from_str(line).with_context(|| format!("{}: line {} is malformed", path.display(), i + 1))?;
+        let key = run_key(&g.dataset, &g.policy, g.budget, g.window, g.ratio);
+        grades.entry(key).or_default().insert((g.question_index, g.sample), g.correct);
+    }
+    Ok(grades)
+}
+
+/// Samples of a configuration that both runs graded, graded differently.
+fn flips(a: &Grades, b: &Grades, key: &str) -> usize {
+    match (a.get(key), b.get(key)) {
+        (Some(a), Some(b)) => a.iter().filter(|(k, ok)| b.get(*k).is_some_and(|other| other != *ok)).count(),
+        _ => 0,
+    }
 }
 
 /// What makes greedy numbers reproducible: greedy decoding and the machine kind.
@@ -152,6 +202,14 @@ pub fn check(result: &Path, reference: &Path, o: &CheckOptions) -> Result<CheckR
         (None, Some(id)) => format!("exact: greedy on the same machine kind, {id}"),
         (None, None) => format!("statistical: {} standard errors of the difference of two proportions", o.z),
     };
+    // Both runs' per-sample grades, when the exact rule applies and both folders hold them.
+    let samples = |csv: &Path| csv.with_file_name("samples.jsonl");
+    let grades = match (o.tolerance, &exact) {
+        (None, Some(_)) if samples(&res_csv).is_file() && samples(&ref_csv).is_file() => {
+            Some((read_grades(&samples(&res_csv))?, read_grades(&samples(&ref_csv))?))
+        }
+        _ => None,
+    };
     let results: BTreeMap<String, &SummaryRow> = res_rows.iter().map(|r| (config_key(r), r)).collect();
     let mut missing = Vec::new();
     let mut rows = Vec::new();
@@ -171,12 +229,16 @@ pub fn check(result: &Path, reference: &Path, o: &CheckOptions) -> Result<CheckR
                 100.0 * o.z * (p * (1.0 - p) * (1.0 / n1.max(1.0) + 1.0 / n2.max(1.0))).sqrt()
             }
         };
-        let within = (got.accuracy - r.accuracy).abs() <= tolerance + 1e-9;
+        let flipped = grades
+            .as_ref()
+            .map(|(res, refs)| flips(res, refs, &run_key(&r.dataset, &r.policy, r.budget, r.window, r.ratio)));
+        let within = (got.accuracy - r.accuracy).abs() <= tolerance + 1e-9 && flipped.unwrap_or(0) == 0;
         rows.push(Comparison {
             config: key,
             reference: r.accuracy,
             result: got.accuracy,
             tolerance,
+            flipped,
             verdict: if within { Verdict::Within } else { Verdict::Beyond },
         });
     }
@@ -277,9 +339,30 @@ mod tests {
         let o = CheckOptions { tolerance: None, z: 3.0 };
         let r = check(&dir.join("same"), &dir.join("ref"), &o).unwrap();
         assert!(!r.passed() && r.rule.starts_with("exact"), "{}", r.table());
-        manifest("same", "cpu: B", 0.0);
+        // The same accuracy with answers flipped both ways is a change under the exact rule.
+        let graded = |folder: &str, correct: [bool; 2]| {
+            let line = |q: usize, ok: bool| {
+                format!(
+                    "{{\"dataset\":\"d\",\"policy\":\"h2o\",\"budget\":128,\"window\":32,\"ratio\":0.5,\
+                     \"question_index\":{q},\"sample\":0,\"correct\":{ok},\"completion\":\"…\"}}\n"
+                )
+            };
+            std::fs::write(dir.join(folder).join("samples.jsonl"), line(0, correct[0]) + &line(1, correct[1])).unwrap();
+        };
+        write(&dir.join("same"), &[row("h2o", 50.0, 200)]);
+        graded("ref", [true, false]);
+        graded("same", [true, false]);
         let r = check(&dir.join("same"), &dir.join("ref"), &o).unwrap();
-        assert!(r.passed() && r.rule.starts_with("statistical"), "{}", r.table());
+        assert!(r.passed() && r.rows[0].flipped == Some(0), "{}", r.table());
+        graded("same", [false, true]);
+        let r = check(&dir.join("same"), &dir.join("ref"), &o).unwrap();
+        assert!(!r.passed() && r.rows[0].flipped == Some(2), "{}", r.table());
+        assert!(r.table().contains("CHANGED (answers flipped)"), "{}", r.table());
+        // Another CPU model: statistical, and flips are sampling noise there, not counted.
+        manifest("same", "cpu: B", 0.0);
+        write(&dir.join("same"), &[row("h2o", 49.5, 200)]);
+        let r = check(&dir.join("same"), &dir.join("ref"), &o).unwrap();
+        assert!(r.passed() && r.rule.starts_with("statistical") && r.rows[0].flipped.is_none(), "{}", r.table());
         manifest("same", "cpu: A", 0.6);
         manifest("ref", "cpu: A", 0.6);
         assert!(check(&dir.join("same"), &dir.join("ref"), &o).unwrap().rule.starts_with("statistical"));
