@@ -72,12 +72,7 @@ pub struct SummaryRow {
 /// A mean in percent, scaled before the division so that a whole count over the questions prints
 /// as itself (116 of 200 → 58, not 57.99999999999999).
 fn percent(xs: impl Iterator<Item = f64>) -> f64 {
-    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    if n == 0 {
-        0.0
-    } else {
-        100.0 * s / n as f64
-    }
+    mean(xs.map(|x| 100.0 * x))
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
