@@ -38,12 +38,12 @@ builtin-sweep: build
     target/release/kvbench run --budget 192,256,320,384 --window 64 --ratio 0.8 --out results/builtin-sweep
     target/release/kvbench plot results/builtin-sweep/summary.csv --budget 320 --out plots/builtin-sweep
 
-# Train the toy model from scratch into assets/toy-chain (34 min on two cores), as the committed one
-# was: a curriculum on synthetic-chain's addition-only problems. Short problems first (4–10
-# statements, 1,400 steps at lr 3e-3): they are cheap (0.8 s a step), and on them the long-range
-# lookup (restating an older operand's value) is learned by step ~700 and the mod-10 sum by ~1,150.
-# Then the evaluation set's lengths (6–20), 600 steps at 1e-3 with a cosine from step 1,700.
-# training.json records the last command; train-log.csv both.
+# Train the toy model from scratch into assets/toy-chain, as the committed one was: a curriculum on
+# synthetic-chain's addition-only problems. Short problems first (4–10 statements, 1,400 steps at
+# lr 3e-3): they are cheap, and on them the long-range lookup (restating an older operand's value)
+# and then the mod-10 sum are learned. Then the evaluation set's lengths (6–20), 600 steps at 1e-3
+# with a cosine from step 1,700. training.json records the last command; train-log.csv both (the
+# curve and the time: docs/builtin-benchmark.md).
 train-toy: build
     target/release/kvbench train-toy --out assets/toy-chain --statements 4-10 --steps 1400 --decay-from 1400
     target/release/kvbench train-toy --out assets/toy-chain --init assets/toy-chain --first-step 1400 --steps 2000 --lr 1e-3 --decay-from 1700
@@ -64,7 +64,7 @@ train-predictor-smollm2: fetch-test-model build
     target/release/kvbench dynts collect --solutions math --limit 400 --model {{test_model}} --instruction 'Please reason step by step, and put your final answer within \boxed{}.' --data-dir {{data_dir}} --out target/smollm2-traces
     target/release/kvbench dynts train --traces target/smollm2-traces/traces.safetensors --transform qwen --out assets/smollm2-135m-instruct/dynts-predictor.safetensors
 
-# The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, seven policies, then its figures.
+# The committed CPU sweep: SmolLM2 on 5 GSM8K + 5 MATH-500 questions, the eight policies, then its figures.
 smollm2-cpu: fetch-test-model build
     target/release/kvbench run --experiment experiments/smollm2-cpu.toml --data-dir {{data_dir}}
     target/release/kvbench plot results/smollm2-cpu/summary.csv

@@ -21,13 +21,13 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Parser;
+use kvbench::cache::observe::CacheHook;
+use kvbench::cache::observe::Observer;
 use kvbench::cache::KvCache;
-use kvbench::generate::CacheHook;
-use kvbench::model::transformer::argmax_rows;
+use kvbench::decode::sampling::argmax_rows;
 use kvbench::model::{Arch, ModelConfig, SeqStep, Transformer};
-use kvbench::observe::Observer;
 use kvbench::policies::{parse_tokens, Budget, Evictor, PolicyContext, PolicySpec};
-use kvbench::sampling::Rng;
+use kvbench::rng::Rng;
 
 #[derive(Parser, Debug)]
 #[command(about = "Decode throughput on random weights against the memory roofline")]

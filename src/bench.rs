@@ -1,4 +1,4 @@
-//! `kvbench bench`: what decoding costs under each policy (issue #6). For every policy at one
+//! `kvbench bench`: what decoding costs under each policy. For every policy at one
 //! budget, on the same random prompts:
 //!
 //! - **prefill** of a prompt of each context length (the policy evicting during chunked prefill
@@ -29,13 +29,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 use serde::Serialize;
 
-use crate::generate::GenerateParams;
-use crate::model::load::{LoadOptions, LoadedModel, ModelSource};
+use crate::decode::generate::GenerateParams;
+use crate::decode::sampling::SamplingParams;
+use crate::eval::sample::{decode_batch, start_sample, PolicyResources, Sample, SampleState};
+use crate::model::source::{LoadOptions, LoadedModel, ModelSource};
 use crate::model::ModelConfig;
 use crate::policies::dynts::ImportancePredictor;
 use crate::policies::{Budget, PolicySpec};
-use crate::runner::{decode_batch, start_sample, PolicyResources, SampleState};
-use crate::sampling::{Rng, SamplingParams};
+use crate::rng::Rng;
 
 /// A validated `kvbench bench` invocation: everything checked before any weight is loaded.
 #[derive(Debug)]
@@ -330,12 +331,12 @@ fn bench_policy(
 ) -> Result<Vec<BenchRow>> {
     let device = lm.model.device();
     let peak_tracked = reset_peak_rss();
-    let budget = if spec.evicts() { plan.budget } else { Budget { budget: 0, window: 0, ratio: 1.0 } };
+    let budget = spec.evicts().then_some(plan.budget);
 
     // Prefill at each context: a fresh prompt of that length, time to the first token.
     let mut prefill = Vec::new();
     for &ctx in &plan.contexts {
-        if spec.protects_prompt() && spec.evicts() && budget.budget <= ctx {
+        if spec.protects_prompt() && budget.is_some_and(|b| b.budget <= ctx) {
             // A prompt this long does not fit a policy that never evicts the prompt.
             prefill.push(None);
             continue;
@@ -344,7 +345,10 @@ fn bench_policy(
         device.synchronize()?;
         let t = Instant::now();
         for (i, p) in prompts.iter().enumerate() {
-            let s = start_sample(lm, res, spec, &budget, p, &params(1, plan.prefill_chunk), Rng::new(i as u64), None)?;
+            let params = params(1, plan.prefill_chunk);
+            let sample =
+                Sample { policy: spec, budget, prompt: p, params: &params, rng: Rng::new(i as u64), trace: None };
+            let s = start_sample(lm, res, sample)?;
             std::hint::black_box(s.seq.cache.len());
         }
         device.synchronize()?;
@@ -357,11 +361,15 @@ fn bench_policy(
     let mut states = decode_prompts
         .iter()
         .enumerate()
-        .map(|(i, p)| start_sample(lm, res, spec, &budget, p, &gen, Rng::new(i as u64), None))
+        .map(|(i, p)| {
+            let sample = Sample { policy: spec, budget, prompt: p, params: &gen, rng: Rng::new(i as u64), trace: None };
+            start_sample(lm, res, sample)
+        })
         .collect::<Result<Vec<SampleState>>>()?;
     let kv_alloc = states.iter().map(|s| s.seq.cache.capacity()).sum::<usize>() * m.kv_bytes;
     // The token about to be fed sits at history = prompt + generated − 1.
     let mut history = plan.prompt;
+    let (b, w, r) = Budget::columns(budget.as_ref());
     let mut rows = Vec::new();
     for (c, &ctx) in plan.contexts.iter().enumerate() {
         // The policy's share counts every step since the previous context, so that evictions
@@ -401,9 +409,9 @@ fn bench_policy(
             dtype: m.dtype.clone(),
             threads: m.threads,
             policy: spec.name.clone(),
-            budget: budget.budget,
-            window: budget.window,
-            ratio: budget.ratio,
+            budget: b,
+            window: w,
+            ratio: r,
             predictor: predictor.to_string(),
             batch: plan.batch,
             context: ctx,

@@ -11,6 +11,7 @@
 //! (recursive-descent numeric evaluator), `equiv.rs` (the `math_equal` chain). Every entry point is
 //! total: no input panics, and each grading is bounded by a step budget and a 1 s wall clock.
 
+mod braces;
 mod equiv;
 mod extract;
 mod latex;

@@ -57,10 +57,6 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    pub fn groups(&self) -> usize {
-        self.num_heads / self.num_kv_heads
-    }
-
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("hidden_size", self.hidden_size),

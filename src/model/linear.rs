@@ -14,8 +14,8 @@ use candle_core::{DType, Layout, Module, Storage, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-/// At most this many input rows take the threaded path: for 1–8 rows it beat candle's matmul on
-/// SmolLM2's shapes by 1.2–4× on two cores; at 16 they were even (`cargo bench --bench linear`).
+/// At most this many input rows take the threaded path: up to here it beats candle's matmul on
+/// SmolLM2's shapes (`cargo bench --bench linear` compares the two; docs/performance.md).
 const MAX_ROWS: usize = 8;
 /// Weights with fewer elements stay on candle's path.
 const MIN_WEIGHT_ELEMS: usize = 1 << 16;

@@ -16,8 +16,8 @@ use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::{Arch, ModelConfig};
 use super::linear::Proj;
+use crate::cache::observe::{AttentionView, Observer};
 use crate::cache::KvCache;
-use crate::observe::{AttentionView, Observer};
 
 struct Attention {
     /// q_proj, k_proj and v_proj stacked: `[q | k | v]` per row.
@@ -385,9 +385,4 @@ fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
         }
         (None, Arch::Llama | Arch::Qwen2 | Arch::Qwen3) => base,
     }
-}
-
-/// Index of the largest logit per row (greedy decoding), computed on the device.
-pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }

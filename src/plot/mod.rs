@@ -16,6 +16,7 @@
 
 mod canvas;
 mod figures;
+mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -227,7 +228,7 @@ pub fn render(summary_csv: &Path, out_dir: &Path, opts: &PlotOptions) -> Result<
         files.push((out_dir.join(format!("{}{name}.svg", opts.stem)), svg.into_bytes()));
     }
     for (path, bytes) in &files {
-        crate::results::write_atomic(path, bytes)?;
+        crate::io::write_atomic(path, bytes)?;
     }
     Ok(files.into_iter().map(|(p, _)| p).collect())
 }

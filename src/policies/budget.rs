@@ -15,6 +15,15 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// No budget: what the full cache runs under. B lies far above any cache, yet sums on it
+    /// cannot overflow.
+    pub const UNBOUNDED: Budget = Budget { budget: usize::MAX / 4, window: 0, ratio: 1.0 };
+
+    /// The (B, W, r) columns of result files: the full cache (no budget) reads (0, 0, 1).
+    pub fn columns(budget: Option<&Budget>) -> (usize, usize, f64) {
+        budget.map_or((0, 0, 1.0), |b| (b.budget, b.window, b.ratio))
+    }
+
     /// From the `--budget`, `--window` and `--ratio` flags' text, validated.
     pub fn from_flags(budget: &str, window: &str, ratio: f64) -> Result<Self> {
         let b = Budget {

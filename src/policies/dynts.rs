@@ -21,10 +21,10 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::{Budget, Policy, Selection, StepInfo};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
-use crate::observe::ObserveRequest;
-use crate::sampling::Rng;
+use crate::cache::observe::ObserveRequest;
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,6 +48,20 @@ pub struct DyntsParams {
 impl Default for DyntsParams {
     fn default() -> Self {
         Self { select: DyntsSelect::Top, protect_question: true }
+    }
+}
+
+impl PolicyParams for DyntsParams {
+    fn instantiate(&self, _: &Budget, ctx: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(Dynts::new(self.clone(), ctx.predictor, ctx.think_end, ctx.rng)?))
+    }
+
+    fn protects_prompt(&self) -> bool {
+        self.protect_question
+    }
+
+    fn needs_predictor(&self) -> bool {
+        self.select != DyntsSelect::Random
     }
 }
 

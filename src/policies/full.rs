@@ -1,8 +1,8 @@
-//! `full` — Transformers, the full cache: nothing is ever evicted (spec §4.1). The baseline bar.
+//! `full` — Transformers, the full cache: nothing is ever evicted. The baseline bar.
 
 use anyhow::Result;
 
-use super::{Budget, Policy, Selection};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection};
 use crate::cache::KvCache;
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -18,5 +18,15 @@ impl Policy for Full {
 
     fn select(&mut self, _: &KvCache, _: &Budget) -> Result<Option<Selection>> {
         Ok(None)
+    }
+}
+
+impl PolicyParams for FullParams {
+    fn instantiate(&self, _: &Budget, _: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(Full))
+    }
+
+    fn evicts(&self) -> bool {
+        false
     }
 }

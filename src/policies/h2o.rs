@@ -16,15 +16,21 @@
 use anyhow::Result;
 
 use super::scoring::{accumulate, older_part, StepAttention};
-use super::{Budget, Policy, Selection, StepInfo};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
-use crate::observe::{AttentionView, ObserveRequest};
+use crate::cache::observe::{AttentionView, ObserveRequest};
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct H2oParams {
     /// Accumulate over all queries (the paper) instead of the last query (the figure's harness).
     pub cumulative: bool,
+}
+
+impl PolicyParams for H2oParams {
+    fn instantiate(&self, _: &Budget, _: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(H2o::new(self.clone())))
+    }
 }
 
 pub struct H2o {

@@ -8,35 +8,53 @@
 //!   and the top ⌊r·(L−W)⌋ older slots by the policy's score (ties: the earlier slot wins), in
 //!   order. One kept set per sequence, shared by every layer and KV head.
 //!
-//! A policy is a small scorer ([`Policy`]) with per-sequence state; the harness ([`Evictor`]) owns
-//! the trigger, top-k, compaction, statistics and the trace. Policies that keep positional sets
+//! A policy family is its parameters ([`PolicyParams`], resolved from a preset and immutable) and
+//! a small scorer with per-sequence state ([`Policy`]); the harness ([`Evictor`]) owns the
+//! trigger, top-k, compaction, statistics and the trace. Policies that keep positional sets
 //! (window, StreamingLLM, SepLLM) or per-head sets (the papers' variants) return them directly.
 
 pub mod budget;
-pub mod dynts;
-pub mod full;
-pub mod h2o;
+pub mod harness;
 pub mod registry;
-pub mod rkv;
 pub mod scoring;
-pub mod sepllm;
-pub mod snapkv;
-pub mod streamingllm;
 pub mod trace;
-pub mod window;
 
-use std::time::Instant;
+/// Declares each policy family's module and registers its parameters under the module's name (the
+/// `family` of a preset).
+macro_rules! families {
+    ($($module:ident::$params:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every family, in this order: its name and the parser of its parameters.
+        const FAMILIES: &[(&str, registry::ParseParams)] =
+            &[$((stringify!($module), registry::parse::<$module::$params>)),*];
+    };
+}
 
-use anyhow::{ensure, Result};
+// The policy families. Adding a policy: its file here, its preset in `policies/`, one line below.
+families! {
+    full::FullParams,
+    window::WindowParams,
+    streamingllm::StreamingLlmParams,
+    sepllm::SepLlmParams,
+    h2o::H2oParams,
+    snapkv::SnapKvParams,
+    rkv::RkvParams,
+    dynts::DyntsParams,
+}
+
+use std::sync::Arc;
+
+use anyhow::Result;
 use candle_core::Tensor;
 
 pub use budget::{parse_tokens, Budget};
-pub use registry::{PolicyContext, PolicySpec};
+pub use harness::{EvictionStats, Evictor};
+pub use registry::PolicySpec;
 
+use crate::cache::observe::{AttentionView, ObserveRequest};
 use crate::cache::KvCache;
-use crate::generate::CacheHook;
-use crate::observe::{AttentionView, ObserveRequest, Observer};
-use trace::{TraceEvent, TraceSink};
+use crate::rng::Rng;
+use dynts::ImportancePredictor;
 
 /// What the harness knows about the step being run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,145 +105,34 @@ pub trait Policy: Send {
     fn compacted(&mut self, _kept: &[usize]) {}
 }
 
-/// Counters of one sequence's evictions.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct EvictionStats {
-    pub evictions: usize,
-    /// Seconds spent in the policy: observing, scoring, selecting and compacting.
-    pub policy_secs: f64,
-}
-
-/// The harness: a [`CacheHook`] that runs one policy on one sequence.
-pub struct Evictor {
-    policy: Box<dyn Policy>,
-    budget: Budget,
-    step: StepInfo,
-    decode_steps: usize,
-    stats: EvictionStats,
-    trace: Option<(TraceSink, String)>,
-}
-
-impl Evictor {
-    pub fn new(policy: Box<dyn Policy>, budget: Budget) -> Self {
-        Self {
-            policy,
-            budget,
-            step: StepInfo::default(),
-            decode_steps: 0,
-            stats: EvictionStats::default(),
-            trace: None,
-        }
-    }
-
-    /// Writes one trace line per eviction, tagged with `sample`.
-    pub fn with_trace(mut self, sink: TraceSink, sample: String) -> Self {
-        self.trace = Some((sink, sample));
-        self
-    }
-
-    pub fn stats(&self) -> &EvictionStats {
-        &self.stats
-    }
-
-    fn apply(&mut self, cache: &mut KvCache, selection: Selection) -> Result<()> {
-        let len_before = cache.len();
-        let (kept, scores) = match selection {
-            Selection::Older(scores) => {
-                let older = len_before.saturating_sub(self.budget.window);
-                ensure!(scores.len() == older, "policy scored {} older slots, the cache has {older}", scores.len());
-                let mut kept = scoring::top_k_sorted(&scores, self.budget.kept_older(len_before));
-                kept.extend(older..len_before);
-                (kept, Some(scores))
-            }
-            Selection::Slots(kept) => (kept, None),
-            Selection::PerHead(sets) => {
-                cache.keep_per_head(&sets)?;
-                self.stats.evictions += 1;
-                if let Some((sink, sample)) = &self.trace {
-                    let positions = match cache.slots() {
-                        crate::cache::SlotMap::PerHead { positions } => positions.clone(),
-                        _ => unreachable!("keep_per_head leaves per-head slots"),
-                    };
-                    for (layer, heads) in positions.into_iter().enumerate() {
-                        sink.write(&TraceEvent::per_head(
-                            sample,
-                            layer,
-                            self.decode_steps,
-                            len_before,
-                            cache.len(),
-                            heads,
-                        ))?;
-                    }
-                }
-                return Ok(());
-            }
-        };
-        let positions_before = cache.positions().map(|p| p.to_vec());
-        cache.keep(&kept)?;
-        self.policy.compacted(&kept);
-        self.stats.evictions += 1;
-        if let Some((sink, sample)) = &self.trace {
-            let kept_positions = match positions_before {
-                Some(p) => kept.iter().map(|&i| p[i]).collect(),
-                None => Vec::new(),
-            };
-            sink.write(&TraceEvent::shared(
-                sample,
-                self.decode_steps,
-                len_before,
-                cache.len(),
-                kept_positions,
-                scores,
-            ))?;
-        }
+/// A family's hyper-parameters, resolved from its preset: shared by every sequence, they check
+/// themselves against a budget and start a policy on one sequence.
+pub trait PolicyParams: std::fmt::Debug + Send + Sync {
+    /// Per-sequence state for one sample.
+    fn instantiate(&self, budget: &Budget, ctx: PolicyContext) -> Result<Box<dyn Policy>>;
+    /// Checks beyond [`Budget::validate`], before any model work.
+    fn validate(&self, _budget: &Budget) -> Result<()> {
         Ok(())
     }
-}
-
-impl Observer for Evictor {
-    fn request(&self) -> ObserveRequest {
-        self.policy.request(&self.step)
+    /// `false` only for the full cache.
+    fn evicts(&self) -> bool {
+        true
     }
-
-    fn attention(&mut self, _seq: usize, view: &AttentionView<'_>) -> Result<()> {
-        let t = Instant::now();
-        let r = self.policy.attention(view);
-        self.stats.policy_secs += t.elapsed().as_secs_f64();
-        r
+    /// Never evicts the prompt, so the budget must exceed the prompt length.
+    fn protects_prompt(&self) -> bool {
+        false
     }
-
-    fn hidden(&mut self, _seq: usize, hidden: &Tensor) -> Result<()> {
-        let t = Instant::now();
-        let r = self.policy.hidden(hidden);
-        self.stats.policy_secs += t.elapsed().as_secs_f64();
-        r
+    fn needs_predictor(&self) -> bool {
+        false
     }
 }
 
-impl CacheHook for Evictor {
-    fn before_forward(&mut self, cache: &KvCache, _fed: &[u32], prefill: bool) -> Result<()> {
-        self.step = StepInfo {
-            prefill,
-            len_before: cache.len(),
-            decode_step: self.decode_steps,
-            evicts: !prefill && cache.len() >= self.budget.budget,
-        };
-        Ok(())
-    }
-
-    fn after_forward(&mut self, cache: &mut KvCache, fed: &[u32], prefill: bool) -> Result<()> {
-        let t = Instant::now();
-        let step = self.step;
-        self.policy.appended(cache, fed, &step)?;
-        if self.policy.should_evict(&step, cache, &self.budget) {
-            if let Some(selection) = self.policy.select(cache, &self.budget)? {
-                self.apply(cache, selection)?;
-            }
-        }
-        if !prefill {
-            self.decode_steps += 1;
-        }
-        self.stats.policy_secs += t.elapsed().as_secs_f64();
-        Ok(())
-    }
+/// What a policy may need from the model, tokenizer and run to start on one sequence.
+pub struct PolicyContext {
+    pub num_layers: usize,
+    pub separator_ids: Vec<u32>,
+    pub think_end: Option<u32>,
+    pub predictor: Option<Arc<ImportancePredictor>>,
+    /// The sample's own stream (for `dynts-random`).
+    pub rng: Rng,
 }

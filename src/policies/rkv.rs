@@ -22,9 +22,9 @@ use candle_core::{DType, Tensor, D};
 
 use super::scoring::{accumulate, max_pool1d, top_k_sorted, StepAttention};
 use super::snapkv::in_observation_window;
-use super::{Budget, Policy, Selection, StepInfo};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
-use crate::observe::{AttentionView, ObserveRequest};
+use crate::cache::observe::{AttentionView, ObserveRequest};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -88,6 +88,22 @@ fn softmax(x: &[f32]) -> Vec<f32> {
     let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
     let s: f32 = e.iter().sum();
     e.into_iter().map(|v| v / s).collect()
+}
+
+impl PolicyParams for RkvParams {
+    fn instantiate(&self, budget: &Budget, ctx: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(Rkv::new(self.clone(), *budget, ctx.num_layers)))
+    }
+
+    fn validate(&self, budget: &Budget) -> Result<()> {
+        ensure!(
+            !self.per_head || self.ob_window < budget.budget,
+            "ob_window {} must be below the budget {}",
+            self.ob_window,
+            budget.budget
+        );
+        Ok(())
+    }
 }
 
 pub struct Rkv {

@@ -1,10 +1,10 @@
 //! Building blocks shared by the score-based policies: the layer- and head-averaged attention of a
-//! step (Ā in spec/policies.md), top-k with a fixed tie rule, and 1-D pooling as PyTorch does it.
+//! step (Ā), top-k with a fixed tie rule, and 1-D pooling as PyTorch does it.
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
-use crate::observe::AttentionView;
+use crate::cache::observe::AttentionView;
 
 /// Accumulates one step's attention over layers, heads and queries on the device; one host copy
 /// per step at [`StepAttention::take_mean`].
@@ -54,15 +54,6 @@ fn key(x: f32) -> f32 {
 pub fn top_k_sorted(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| key(scores[b]).total_cmp(&key(scores[a])).then(a.cmp(&b)));
-    idx.truncate(k.min(scores.len()));
-    idx.sort_unstable();
-    idx
-}
-
-/// Indices of the `k` smallest scores, in increasing index order (ties: the earlier index wins).
-pub fn bottom_k_sorted(scores: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| key(scores[a]).total_cmp(&key(scores[b])).then(a.cmp(&b)));
     idx.truncate(k.min(scores.len()));
     idx.sort_unstable();
     idx
@@ -124,7 +115,6 @@ mod tests {
         assert_eq!(top_k_sorted(&s, 1), vec![2]);
         assert_eq!(top_k_sorted(&s, 0), Vec::<usize>::new());
         assert_eq!(top_k_sorted(&s, 99).len(), 7);
-        assert_eq!(bottom_k_sorted(&s, 2), vec![0, 5]);
     }
 
     #[test]
@@ -153,9 +143,6 @@ mod tests {
                 }
             }
         }
-        let low = bottom_k_sorted(&s, 9000);
-        assert_eq!(low.len(), 9000);
-        assert!((0..n).step_by(997).all(|i| low.binary_search(&i).is_ok()), "NaN slots count as the smallest");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `sepllm` — separator tokens plus a recent window, as the DynTS harness runs it (DynTS repo
-//! `inference/sep.py`, separators from `utils/utils.py`; spec §4.5). Original: Chen et al.,
+//! `inference/sep.py`, separators from `utils/utils.py`). Original: Chen et al.,
 //! "SepLLM: Accelerate Large Language Models by Compressing One Segment into One Separator",
 //! <https://arxiv.org/abs/2412.12094>.
 //!
@@ -15,12 +15,18 @@
 
 use anyhow::Result;
 
-use super::{Budget, Policy, Selection};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection};
 use crate::cache::KvCache;
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SepLlmParams {}
+
+impl PolicyParams for SepLlmParams {
+    fn instantiate(&self, _: &Budget, ctx: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(SepLlm { separator_ids: ctx.separator_ids }))
+    }
+}
 
 /// The separator strings of the DynTS list (byte-level BPE spellings).
 pub const SEPARATORS: [&str; 8] = [".", ",", "?", "!", ";", ":", "Ċ", "Ġ"];

@@ -15,9 +15,9 @@
 use anyhow::Result;
 
 use super::scoring::{accumulate, avg_pool1d, max_pool1d, StepAttention};
-use super::{Budget, Policy, Selection, StepInfo};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
-use crate::observe::{AttentionView, ObserveRequest};
+use crate::cache::observe::{AttentionView, ObserveRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +49,12 @@ pub fn in_observation_window(step: &StepInfo, budget: &Budget, ob_window: usize,
     }
     let opens_at = (budget.budget as isize) - (ob_window as isize) - if evicted_before { 1 } else { 0 };
     step.len_before as isize >= opens_at
+}
+
+impl PolicyParams for SnapKvParams {
+    fn instantiate(&self, budget: &Budget, _: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(SnapKv::new(self.clone(), *budget)))
+    }
 }
 
 pub struct SnapKv {

@@ -1,5 +1,5 @@
 //! `streamingllm` — attention sinks plus a recent window, as the DynTS harness runs it
-//! (DynTS repo `inference/window.py`, `sink_type="native"`; spec §4.4). Original: Xiao et al.,
+//! (DynTS repo `inference/window.py`, `sink_type="native"`). Original: Xiao et al.,
 //! "Efficient Streaming Language Models with Attention Sinks", <https://arxiv.org/abs/2309.17453>.
 //!
 //! At the harness trigger keep the first `sink_size` (10) cached tokens and the last
@@ -8,10 +8,10 @@
 //! At batch 1 the reference's first-eviction special case (first 10 *non-pad* prompt tokens) is
 //! the general rule, since kvbench never pads.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 use super::window::WindowParams;
-use super::{Budget, Policy, Selection};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection};
 use crate::cache::KvCache;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +26,23 @@ pub struct StreamingLlmParams {
 impl Default for StreamingLlmParams {
     fn default() -> Self {
         Self { sink_size: 10, kept_window: 0 }
+    }
+}
+
+impl PolicyParams for StreamingLlmParams {
+    fn instantiate(&self, _: &Budget, _: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(StreamingLlm { params: self.clone() }))
+    }
+
+    fn validate(&self, budget: &Budget) -> Result<()> {
+        let kept = WindowParams { kept_window: self.kept_window }.kept(budget);
+        ensure!(
+            self.sink_size + kept <= budget.budget,
+            "sink_size {} + kept window {kept} exceeds the budget {}",
+            self.sink_size,
+            budget.budget
+        );
+        Ok(())
     }
 }
 

@@ -1,13 +1,13 @@
-//! `window` — local window only (DynTS repo `inference/window.py`, `sink_type="none"`; spec §4.3).
+//! `window` — local window only (DynTS repo `inference/window.py`, `sink_type="none"`).
 //!
 //! At the harness trigger (B) keep only the last `kept_window` tokens; the prompt is dropped at
 //! the first eviction, there are no sinks. Not a sliding window: the cache refills to B between
 //! evictions. The figure sets `kept_window` to the other methods' post-eviction size
 //! (W + ⌊r·(B+1−W)⌋), so memory matches; that is the default here (`kept_window = 0` means it).
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
-use super::{Budget, Policy, Selection};
+use super::{Budget, Policy, PolicyContext, PolicyParams, Selection};
 use crate::cache::KvCache;
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -24,6 +24,17 @@ impl WindowParams {
         } else {
             self.kept_window
         }
+    }
+}
+
+impl PolicyParams for WindowParams {
+    fn instantiate(&self, _: &Budget, _: PolicyContext) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(Window { params: self.clone() }))
+    }
+
+    fn validate(&self, budget: &Budget) -> Result<()> {
+        ensure!(self.kept(budget) <= budget.budget, "kept_window {} exceeds the budget {}", self.kept(budget), budget.budget);
+        Ok(())
     }
 }
 

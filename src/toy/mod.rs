@@ -1,32 +1,22 @@
 //! The toy reasoning model: a small Llama trained by `kvbench train-toy` on `synthetic-chain`
-//! (issue #5), so that kvbench has a model that reasons, offline and on two CPU cores.
+//! so that kvbench has a model that reasons, offline and on two CPU cores.
 //!
 //! It is an ordinary HF model folder (`config.json`, `tokenizer.json`, `tokenizer_config.json`
 //! with the chat template, `model.safetensors`), run by the same decoder as every other model. The
 //! committed one lives in `assets/toy-chain/` and is the built-in default of `kvbench run`.
 //!
-//! Shape (from the prototype in spec/toy-benchmark.md): d_model 128, 4 layers, 4 query / 2 KV
-//! heads of 32, SwiGLU 352, RMSNorm, RoPE θ 1e4, untied head; one token per character.
+//! Shape: d_model 128, 4 layers, 4 query / 2 KV heads of 32, SwiGLU 352, RMSNorm, RoPE θ 1e4, untied head; one token per character.
 
 mod ops;
 pub mod train;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-/// Where the committed toy model lives, relative to the repository root.
-pub const BUILTIN_DIR: &str = "assets/toy-chain";
-/// The name `--model` and manifests use for it.
-pub const BUILTIN_NAME: &str = "builtin:toy-chain";
 /// The dataset the built-in model was trained for (its default in `kvbench run`).
 pub const BUILTIN_DATASET: &str = "synthetic-chain";
-
-/// The committed toy model's folder in this checkout.
-pub fn builtin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(BUILTIN_DIR)
-}
 
 /// Special tokens, then one token per character the task uses.
 pub const SPECIALS: [&str; 7] = ["<pad>", "<unk>", "<s>", "</s>", "<think>", "</think>", "\\boxed{"];
@@ -150,7 +140,7 @@ pub fn write_model_files(dir: &Path, shape: &ToyShape) -> Result<()> {
         ("tokenizer_config.json", tokenizer_config_json()),
         ("generation_config.json", json!({"bos_token_id": BOS, "eos_token_id": EOS, "do_sample": false})),
     ] {
-        crate::results::write_atomic(&dir.join(name), (serde_json::to_string_pretty(&value)? + "\n").as_bytes())?;
+        crate::io::write_atomic(&dir.join(name), (serde_json::to_string_pretty(&value)? + "\n").as_bytes())?;
     }
     Ok(())
 }
@@ -160,10 +150,10 @@ pub fn write_model_files(dir: &Path, shape: &ToyShape) -> Result<()> {
 /// every token after it).
 pub fn training_tokens(
     tokenizer: &tokenizers::Tokenizer,
-    problem: &crate::synthetic::ChainProblem,
+    problem: &crate::data::synthetic::ChainProblem,
 ) -> Result<(Vec<u32>, usize)> {
     let text = format!("<s>{}{}</s>", problem.question, problem.solution());
-    let ids = crate::tokenizer::encode(tokenizer, &text)?;
+    let ids = crate::model::source::encode(tokenizer, &text)?;
     let think = ids.iter().position(|&t| t == THINK).context("no <think> in a training text")?;
     Ok((ids, think))
 }
@@ -176,8 +166,8 @@ pub fn tokenizer() -> Result<tokenizers::Tokenizer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{ChatMessage, ChatTemplate};
-    use crate::synthetic::{problem, ChainParams};
+    use crate::data::synthetic::{problem, ChainParams};
+    use crate::model::chat_template::{ChatMessage, ChatTemplate};
 
     #[test]
     fn one_token_per_character_and_the_prompt_is_a_prefix_of_the_training_text() {
@@ -196,7 +186,7 @@ mod tests {
         assert!(!ids.contains(&1), "no unknown tokens");
         let template = ChatTemplate::new(CHAT_TEMPLATE, Some("<s>".into()), Some("</s>".into())).unwrap();
         let prompt = template.render(&[ChatMessage::user(p.question.clone())], true).unwrap();
-        let prompt_ids = crate::tokenizer::encode(&tok, &prompt).unwrap();
+        let prompt_ids = crate::model::source::encode(&tok, &prompt).unwrap();
         assert_eq!(prompt_ids, ids[..=think].to_vec());
         assert_eq!(tok.decode(&ids, false).unwrap(), format!("<s>{}{}</s>", p.question, p.solution()));
     }

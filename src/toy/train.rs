@@ -1,7 +1,7 @@
 //! `kvbench train-toy`: trains the toy model on fresh `synthetic-chain` problems with candle's
 //! autograd and AdamW, on CPU.
 //!
-//! Recipe (spec/toy-benchmark.md): loss on the output tokens only (everything after `<think>`),
+//! Recipe: loss on the output tokens only (everything after `<think>`),
 //! AdamW β (0.9, 0.98), weight decay on the projection matrices only, global gradient-norm clip
 //! 1.0, fresh problems every step. The learning rate stays at its peak until the long-range lookup
 //! is learned (an induction-head transition that arrives late), then decays on a cosine. The
@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{training_tokens, ToyShape, PAD};
-use crate::sampling::Rng;
-use crate::synthetic::{problem, ChainParams};
+use crate::data::synthetic::{problem, ChainParams};
+use crate::rng::Rng;
 
 /// Tokens per thinking line (`e=d+a,d=4,a=3,e=7;`) and the offset, within a line, of the token
 /// *before* the older operand's value (the position whose prediction needs the lookup).
@@ -518,10 +518,7 @@ pub fn train(o: &TrainOptions) -> Result<Scores> {
         parameters: n_params,
         final_eval,
     };
-    crate::results::write_atomic(
-        &o.out.join("training.json"),
-        (serde_json::to_string_pretty(&record)? + "\n").as_bytes(),
-    )?;
+    crate::io::write_atomic(&o.out.join("training.json"), (serde_json::to_string_pretty(&record)? + "\n").as_bytes())?;
     Ok(final_eval)
 }
 
@@ -577,7 +574,7 @@ pub(crate) fn clip_gradients(vars: &[Var], grads: &mut candle_core::backprop::Gr
 
 fn save_weights(params: &Params, path: &Path) -> Result<()> {
     let map: HashMap<String, Tensor> = params.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-    crate::results::save_safetensors(&map, path)
+    crate::io::save_safetensors(&map, path)
 }
 
 #[cfg(test)]
@@ -673,8 +670,8 @@ mod tests {
         let b = std::fs::read(dir.join("b/model.safetensors")).unwrap();
         assert!(a == b, "same seed, different weights");
         // The folder loads as a model.
-        let lm = crate::model::load::load(
-            &crate::model::load::ModelSource::HfDir { path: dir.join("a") },
+        let lm = crate::model::source::load(
+            &crate::model::source::ModelSource::HfDir { path: dir.join("a") },
             &Default::default(),
         )
         .unwrap();

@@ -1,0 +1,11 @@
+//! The command line: clap types and shared argument groups (`args`), every default decided once
+//! (`defaults`), flags and an experiment file merged into a validated run setup (`setup`), and
+//! each command's body (`commands`).
+
+pub mod args;
+pub mod commands;
+pub mod defaults;
+pub mod setup;
+
+pub use args::{Cli, Command};
+pub use commands::run;

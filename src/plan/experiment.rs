@@ -1,0 +1,113 @@
+//! Experiment files (`experiments/*.toml`): a whole setup, field by field as `kvbench run`'s flags
+//! name it. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::decode::sampling::SamplingParams;
+use crate::policies::parse_tokens;
+
+/// An experiment file. Paths are relative to the working directory (the repository root).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub description: Option<String>,
+    /// Models: GGUF files, HF folders or hub ids; each runs the whole grid.
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub datasets: Option<Vec<String>>,
+    pub policies: Option<Vec<String>>,
+    /// (B, W, r) rules; a rule without `model` / `datasets` applies to every model / dataset.
+    #[serde(default)]
+    pub budgets: Vec<BudgetRule>,
+    pub samples: Option<usize>,
+    pub seed: Option<u64>,
+    /// `"paper"` (T 0.6, top-p 0.95, top-k 20), `"greedy"`, or `{ temperature, top_p, top_k }`.
+    pub sampling: Option<SamplingSetting>,
+    pub max_new_tokens: Option<usize>,
+    pub limit: Option<usize>,
+    pub ids: Option<Vec<usize>>,
+    pub instruction: Option<String>,
+    pub prefill_chunk: Option<usize>,
+    pub device: Option<String>,
+    pub dtype: Option<String>,
+    pub threads: Option<usize>,
+    pub batch: Option<usize>,
+    pub out: Option<PathBuf>,
+    /// Importance-predictor weights per model, for the `dynts` family.
+    #[serde(default)]
+    pub predictors: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRule {
+    pub model: Option<String>,
+    pub datasets: Option<Vec<String>>,
+    /// B: one value or a list (`"5k"`, `5000`, `["2.5k", "3k"]`).
+    pub budget: OneOrMany,
+    /// W.
+    pub window: Tokens,
+    /// r.
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Tokens {
+    Count(u64),
+    Text(String),
+}
+
+impl Tokens {
+    pub fn get(&self) -> Result<usize> {
+        match self {
+            Tokens::Count(n) => Ok(*n as usize),
+            Tokens::Text(t) => parse_tokens(t),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(Tokens),
+    Many(Vec<Tokens>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SamplingSetting {
+    Named(String),
+    Custom(SamplingParams),
+}
+
+impl SamplingSetting {
+    pub fn params(&self) -> Result<SamplingParams> {
+        let p = match self {
+            SamplingSetting::Named(n) if n == "paper" => SamplingParams::PAPER,
+            SamplingSetting::Named(n) if n == "greedy" => SamplingParams::GREEDY,
+            SamplingSetting::Named(n) => bail!("sampling = '{n}': expected \"paper\", \"greedy\" or a table"),
+            SamplingSetting::Custom(p) => *p,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// The built-in benchmark: what `kvbench run` does with no `--model` and no `--experiment`.
+pub const BUILTIN_EXPERIMENT: &str = "experiments/builtin.toml";
+
+impl Experiment {
+    pub fn builtin() -> Result<Self> {
+        toml::from_str(include_str!("../../experiments/builtin.toml")).context("experiment experiments/builtin.toml")
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("experiment {}", path.display()))
+    }
+}

@@ -1,0 +1,100 @@
+//! The binary on bad input: a clear message naming the culprit, exit code 2, no panic.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kvbench(args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvbench"));
+    cmd.args(args).env_remove("HF_HUB_OFFLINE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn help_describes_generate_options() {
+    let out = kvbench(&["generate", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--model",
+        "--prompt",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-p",
+        "--top-k",
+        "--seed",
+        "--device",
+        "--dtype",
+        "--raw",
+        "--prefill-chunk",
+    ] {
+        assert!(help.contains(flag), "generate --help lacks {flag}");
+    }
+}
+
+#[test]
+fn missing_model_file() {
+    let out = kvbench(&["generate", "--model", "/no/such/model.gguf", "--prompt", "hi"], &[]);
+    common::assert_usage_error(&out, &["/no/such/model.gguf", "not found"]);
+}
+
+#[test]
+fn empty_prompt() {
+    let out = kvbench(&["generate", "--prompt", "   "], &[]);
+    common::assert_usage_error(&out, &["prompt is empty"]);
+}
+
+#[test]
+fn garbage_gguf() {
+    let dir = tempdir("garbage-gguf");
+    let f = dir.join("bad.gguf");
+    std::fs::write(&f, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let out = kvbench(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"], &[]);
+    common::assert_usage_error(&out, &["bad.gguf", "not a readable GGUF"]);
+}
+
+#[test]
+fn truncated_gguf() {
+    let Some(model) = common::test_model() else { return };
+    let dir = tempdir("truncated-gguf");
+    let f = dir.join("truncated.gguf");
+    let bytes = std::fs::read(model).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let out = kvbench(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"], &[]);
+    common::assert_usage_error(&out, &["truncated.gguf", "truncated"]);
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = tempdir("unsupported-arch");
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type":"mistral","hidden_size":8,"intermediate_size":8,"vocab_size":8,"num_hidden_layers":1,"num_attention_heads":2}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    std::fs::write(dir.join("model.safetensors"), "").unwrap();
+    let out = kvbench(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], &[]);
+    common::assert_usage_error(&out, &["unsupported architecture 'mistral'", "config.json"]);
+}
+
+#[test]
+fn bad_flags() {
+    let out = kvbench(&["generate", "--prompt", "hi", "--top-p", "1.5"], &[]);
+    common::assert_usage_error(&out, &["--top-p"]);
+    let out = kvbench(&["generate", "--prompt", "hi", "--device", "tpu"], &[]);
+    common::assert_usage_error(&out, &["--device"]);
+    let out = kvbench(&["generate", "--prompt", "hi", "--max-new-tokens", "lots"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("kvbench-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

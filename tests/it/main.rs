@@ -1,0 +1,21 @@
+//! kvbench's integration tests, one binary (a module per area; each states its property on top).
+//! The tests run the library and the `kvbench` binary; those that need the SmolLM2 test model skip
+//! without it unless `KVBENCH_REQUIRE_TEST_MODEL=1` (as `just test` sets).
+
+mod batch;
+mod bench;
+mod builtin;
+mod cli;
+mod common;
+mod compaction;
+mod datasets;
+mod grade_cli;
+mod hf_loading;
+mod layers;
+mod oracle;
+mod plot;
+mod policies;
+mod resume;
+mod smollm2;
+mod smollm2_policies;
+mod tokenizer_gguf;
