@@ -171,10 +171,7 @@ pub fn specs(plan: &Plan) -> Result<Vec<PolicySpec>> {
 /// Builds the plan's policy list from names (`all` = the figure's eight).
 pub fn policy_names(names: &[String]) -> Result<(Vec<String>, Vec<serde_json::Value>)> {
     let names = expand_names(names)?;
-    let params = names
-        .iter()
-        .map(|n| Ok(serde_json::to_value(&PolicySpec::resolve(n, None)?.params)?))
-        .collect::<Result<Vec<_>>>()?;
+    let params = names.iter().map(|n| Ok(PolicySpec::resolve(n, None)?.params)).collect::<Result<Vec<_>>>()?;
     Ok((names, params))
 }
 
