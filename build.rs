@@ -28,7 +28,10 @@ fn main() {
 
 /// Writes `PRESET_FILES`, (name, text) of each `policies/*.toml` by name, into `$OUT_DIR/presets.rs`.
 fn embed_presets() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    // Read when the script runs, not when it was compiled: a compiled script may serve another
+    // checkout of the same crate.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo");
+    let dir = Path::new(&root).join("policies");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("reading policies/")
         .map(|e| e.expect("reading policies/").path())
