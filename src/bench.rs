@@ -16,7 +16,7 @@
 //!   bandwidth`, where the bandwidth (bytes read + written per second) is measured here by a large
 //!   copy on the device (on CPU, split over the worker threads).
 //!
-//! Decoding goes through the same calls as `kvbench run` ([`crate::runner`]): stop tokens off, so
+//! Decoding goes through the same calls as `kvbench run` ([`crate::eval::sample`]): stop tokens off, so
 //! every sequence generates to the last context. Prompts are seeded random token ids; costs do not
 //! depend on what the tokens say, except through which tokens a policy keeps.
 
