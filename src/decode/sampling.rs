@@ -36,23 +36,46 @@ impl SamplingParams {
     }
 }
 
-/// Picks the next token from one row of logits.
+/// Picks the next token from one row of logits. Only the top-k candidates can be drawn, so they
+/// are selected (O(vocab)) and only they are sorted; without top-k, the whole row is.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.is_greedy() {
         return argmax(logits);
     }
-    let t = params.temperature as f32;
-    // Candidates sorted by logit, descending (ties: lower id first, deterministic).
+    // Candidates by logit, descending (ties: lower id first, deterministic).
+    let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    if params.top_k > 0 && params.top_k < idx.len() {
+        idx.select_nth_unstable_by(params.top_k - 1, order);
+        idx.truncate(params.top_k);
+    }
+    idx.sort_unstable_by(order);
+    draw(logits, &idx, params, rng)
+}
+
+/// The same draw after sorting the whole vocabulary: what [`sample`] is tested against, and what it
+/// replaced (`cargo bench --bench sampling` times both).
+pub fn sample_sorted(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    if params.is_greedy() {
+        return argmax(logits);
+    }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    let scaled: Vec<f64> = idx.iter().map(|&i| (logits[i as usize] / t) as f64).collect();
-    let max = scaled[0];
-    let weights: Vec<f64> = scaled.iter().map(|&s| (s - max).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    // Top-p: keep the smallest prefix whose mass reaches top_p (HF keeps tokens whose cumulative
-    // mass, counted from the least likely, exceeds 1 − top_p; at least one token).
+    draw(logits, &idx, params, rng)
+}
+
+/// Temperature → top-p → top-k → a multinomial draw over `candidates`, the row's best ids in
+/// descending order (at least its top-k).
+fn draw(logits: &[f32], candidates: &[u32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    let t = params.temperature as f32;
+    let scaled = |i: u32| (logits[i as usize] / t) as f64;
+    let max = scaled(candidates[0]);
+    let weights: Vec<f64> = candidates.iter().map(|&i| (scaled(i) - max).exp()).collect();
     let mut keep = weights.len();
+    // Top-p: keep the smallest prefix whose mass reaches top_p of the whole row's (HF keeps tokens
+    // whose cumulative mass, counted from the least likely, exceeds 1 − top_p; at least one token).
     if params.top_p < 1.0 {
+        let total: f64 = (0..logits.len() as u32).map(|i| (scaled(i) - max).exp()).sum();
         let mut cum = 0.0;
         for (i, w) in weights.iter().enumerate() {
             cum += w / total;
@@ -70,11 +93,11 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     let mut u = rng.next_f64() * mass;
     for (i, w) in kept.iter().enumerate() {
         if u < *w {
-            return idx[i];
+            return candidates[i];
         }
         u -= w;
     }
-    idx[kept.len() - 1]
+    candidates[kept.len() - 1]
 }
 
 /// Greedy decoding of one row on the host: the first largest logit, as [`argmax_rows`] picks.
@@ -101,6 +124,29 @@ mod tests {
     #[test]
     fn greedy_takes_first_maximum() {
         assert_eq!(sample(&[0.1, 3.0, 3.0, -1.0], &SamplingParams::GREEDY, &mut Rng::new(0)), 1);
+    }
+
+    /// Partial selection draws exactly what a full sort draws: on random rows with ties, at the
+    /// paper's setting and at settings where top-p or top-k decides.
+    #[test]
+    fn partial_selection_draws_as_a_full_sort() {
+        let mut gen = Rng::new(5);
+        for (vocab, params) in [
+            (50_000, SamplingParams::PAPER),
+            (1_000, SamplingParams { temperature: 1.3, top_p: 1.0, top_k: 7 }),
+            (1_000, SamplingParams { temperature: 0.7, top_p: 0.5, top_k: 0 }),
+            (300, SamplingParams { temperature: 1.0, top_p: 0.999, top_k: 300 }),
+            (5, SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 20 }),
+        ] {
+            for row in 0..40 {
+                // Coarse logits (steps of 0.25) so that ties are common.
+                let logits: Vec<f32> = (0..vocab).map(|_| ((gen.next_f64() * 40.0).floor() / 4.0) as f32).collect();
+                let (mut a, mut b) = (Rng::new(row), Rng::new(row));
+                for _ in 0..5 {
+                    assert_eq!(sample(&logits, &params, &mut a), sample_sorted(&logits, &params, &mut b), "{params:?}");
+                }
+            }
+        }
     }
 
     #[test]

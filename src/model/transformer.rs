@@ -19,6 +19,10 @@ use super::linear::Proj;
 use crate::cache::observe::{AttentionView, Observer};
 use crate::cache::KvCache;
 
+/// Positions the RoPE table holds at most: a reasoning trace's prompt and 16k generated tokens fit,
+/// a million-token context's table would not be worth its memory (later positions are computed).
+const ROPE_TABLE_POSITIONS: usize = 1 << 15;
+
 struct Attention {
     /// q_proj, k_proj and v_proj stacked: `[q | k | v]` per row.
     qkv_proj: Proj,
@@ -47,6 +51,8 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Proj,
     inv_freq: Vec<f32>,
+    /// cos and sin `[positions, head_dim/2]` for the first positions of the model's context.
+    rope: (Tensor, Tensor),
     device: Device,
     dtype: DType,
 }
@@ -129,8 +135,12 @@ impl Transformer {
         } else {
             linear(d, cfg.vocab_size, false, vb.pp("lm_head")).context("loading lm_head")?
         };
+        let inv_freq = inv_freq(cfg);
+        let every_position: Vec<u32> = (0..cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as u32).collect();
+        let rope = rope_values(&inv_freq, &every_position, vb.dtype(), vb.device())?;
         Ok(Self {
-            inv_freq: inv_freq(cfg),
+            inv_freq,
+            rope,
             cfg: cfg.clone(),
             embed_tokens,
             layers,
@@ -158,23 +168,15 @@ impl Transformer {
         KvCache::new(self.cfg.num_layers, self.cfg.num_kv_heads, self.cfg.head_dim, capacity, self.dtype, &self.device)
     }
 
-    /// RoPE tables `[t, head_dim/2]` for the given absolute positions (computed in f32 as HF does).
+    /// RoPE tables `[t, head_dim/2]` for the given absolute positions: rows of the table built at
+    /// load, gathered on the device (one small upload of positions); computed afresh past its end.
     fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for &f in &self.inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+        let rows = self.rope.0.dim(0)?;
+        if positions.iter().any(|&p| p as usize >= rows) {
+            return rope_values(&self.inv_freq, positions, self.dtype, &self.device);
         }
-        let shape = (positions.len(), half);
-        Ok((
-            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
-            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
-        ))
+        let index = Tensor::from_slice(positions, positions.len(), &self.device)?;
+        Ok((self.rope.0.index_select(&index, 0)?, self.rope.1.index_select(&index, 0)?))
     }
 
     /// Feeds each sequence's tokens, appends their K/V to its cache, and returns the logits of
@@ -360,6 +362,22 @@ fn causal_mask(
     Ok(Some(Tensor::from_vec(mask, (t, len), device)?.to_dtype(dtype)?))
 }
 
+/// RoPE cos and sin `[positions, inv_freq]` computed on the host in f32 as HF does, then converted.
+fn rope_values(inv_freq: &[f32], positions: &[u32], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for &f in inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let shape = (positions.len(), half);
+    Ok((Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?, Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?))
+}
+
 /// RoPE inverse frequencies, with Llama 3 frequency-dependent scaling when configured.
 fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let d = cfg.head_dim;
@@ -384,5 +402,28 @@ fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                 .collect()
         }
         (None, Arch::Llama | Arch::Qwen2 | Arch::Qwen3) => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows gathered from the table built at load are the values a step would have computed, bit
+    /// for bit, in f32 and in bf16.
+    #[test]
+    fn rope_rows_gathered_from_the_table_equal_fresh_ones() {
+        let inv_freq: Vec<f32> = (0..32).map(|i| 1.0 / 10_000f32.powf(2.0 * i as f32 / 64.0)).collect();
+        let positions = [0u32, 1, 7, 511, 1000, 4095, 3];
+        for dtype in [DType::F32, DType::BF16] {
+            let every: Vec<u32> = (0..4096).collect();
+            let (cos, sin) = rope_values(&inv_freq, &every, dtype, &Device::Cpu).unwrap();
+            let index = Tensor::from_slice(&positions, positions.len(), &Device::Cpu).unwrap();
+            let (fresh_cos, fresh_sin) = rope_values(&inv_freq, &positions, dtype, &Device::Cpu).unwrap();
+            let bits = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let bits = |t: &Tensor| bits(t).into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(bits(&cos.index_select(&index, 0).unwrap()), bits(&fresh_cos), "{dtype:?}");
+            assert_eq!(bits(&sin.index_select(&index, 0).unwrap()), bits(&fresh_sin), "{dtype:?}");
+        }
     }
 }
