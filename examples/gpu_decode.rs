@@ -160,7 +160,8 @@ fn parse_device(name: &str) -> Result<Device> {
         "cpu" => Device::Cpu,
         d if d == "cuda" || d.starts_with("cuda:") => {
             let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse).context("bad GPU ordinal")?;
-            Device::new_cuda(ordinal).with_context(|| format!("--device {d} (built with --features cuda?)"))?
+            kvbench::model::source::cuda_device(ordinal)
+                .with_context(|| format!("--device {d} (built with --features cuda?)"))?
         }
         other => bail!("--device must be cpu, cuda or cuda:N, got '{other}'"),
     })

@@ -441,7 +441,7 @@ pub fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
                 Some(n) => n.parse().with_context(|| format!("--device {d}: bad GPU ordinal"))?,
                 None => 0,
             };
-            Device::new_cuda(ordinal).with_context(|| format!("--device {d}"))?
+            crate::model::source::cuda_device(ordinal).with_context(|| format!("--device {d}"))?
         }
         other => bail!("--device must be cpu, cuda or cuda:N, got '{other}'"),
     };

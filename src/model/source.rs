@@ -118,6 +118,18 @@ pub fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
     Ok(enc.get_ids().to_vec())
 }
 
+/// The CUDA device `ordinal`, with per-tensor event tracking off: kvbench issues all GPU work on the
+/// device's one stream, so the events that guard tensors shared across streams only cost host time.
+pub fn cuda_device(ordinal: usize) -> Result<Device> {
+    let device = Device::new_cuda(ordinal)?;
+    #[cfg(feature = "cuda")]
+    // SAFETY: one stream: no tensor is used on a stream other than the one that allocated it.
+    unsafe {
+        device.as_cuda_device()?.disable_event_tracking()
+    };
+    Ok(device)
+}
+
 /// Numeric settings for loading: the device and the dtype weights are converted to.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
