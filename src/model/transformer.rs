@@ -51,8 +51,9 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Proj,
     inv_freq: Vec<f32>,
-    /// cos and sin `[positions, head_dim/2]` for the first positions of the model's context.
-    rope: (Tensor, Tensor),
+    /// On a GPU, cos and sin `[positions, head_dim/2]` for the first positions of the model's
+    /// context; on the CPU computing a step's rows costs less than gathering them.
+    rope: Option<(Tensor, Tensor)>,
     device: Device,
     dtype: DType,
 }
@@ -136,8 +137,12 @@ impl Transformer {
             linear(d, cfg.vocab_size, false, vb.pp("lm_head")).context("loading lm_head")?
         };
         let inv_freq = inv_freq(cfg);
-        let every_position: Vec<u32> = (0..cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as u32).collect();
-        let rope = rope_values(&inv_freq, &every_position, vb.dtype(), vb.device())?;
+        let rope = if vb.device().is_cpu() {
+            None
+        } else {
+            let every_position: Vec<u32> = (0..cfg.max_position_embeddings.min(ROPE_TABLE_POSITIONS) as u32).collect();
+            Some(rope_values(&inv_freq, &every_position, vb.dtype(), vb.device())?)
+        };
         Ok(Self {
             inv_freq,
             rope,
@@ -168,15 +173,17 @@ impl Transformer {
         KvCache::new(self.cfg.num_layers, self.cfg.num_kv_heads, self.cfg.head_dim, capacity, self.dtype, &self.device)
     }
 
-    /// RoPE tables `[t, head_dim/2]` for the given absolute positions: rows of the table built at
-    /// load, gathered on the device (one small upload of positions); computed afresh past its end.
+    /// RoPE tables `[t, head_dim/2]` for the given absolute positions: on a GPU, rows of the table
+    /// built at load gathered on the device (one small upload of positions instead of two tables);
+    /// else, and past the table's end, computed afresh (the same values).
     fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
-        let rows = self.rope.0.dim(0)?;
-        if positions.iter().any(|&p| p as usize >= rows) {
-            return rope_values(&self.inv_freq, positions, self.dtype, &self.device);
+        match &self.rope {
+            Some((cos, sin)) if positions.iter().all(|&p| (p as usize) < cos.dim(0).unwrap_or(0)) => {
+                let index = Tensor::from_slice(positions, positions.len(), &self.device)?;
+                Ok((cos.index_select(&index, 0)?, sin.index_select(&index, 0)?))
+            }
+            _ => rope_values(&self.inv_freq, positions, self.dtype, &self.device),
         }
-        let index = Tensor::from_slice(positions, positions.len(), &self.device)?;
-        Ok((self.rope.0.index_select(&index, 0)?, self.rope.1.index_select(&index, 0)?))
     }
 
     /// Feeds each sequence's tokens, appends their K/V to its cache, and returns the logits of
