@@ -7,6 +7,7 @@
 //!
 //! Shape: d_model 128, 4 layers, 4 query / 2 KV heads of 32, SwiGLU 352, RMSNorm, RoPE θ 1e4, untied head; one token per character.
 
+mod batches;
 mod ops;
 pub mod train;
 
