@@ -42,11 +42,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.is_greedy() {
         return argmax(logits);
     }
-    // Candidates by logit, descending (ties: lower id first, deterministic).
-    let order = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let order = by_logit(logits);
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     if params.top_k > 0 && params.top_k < idx.len() {
-        idx.select_nth_unstable_by(params.top_k - 1, order);
+        idx.select_nth_unstable_by(params.top_k - 1, &order);
         idx.truncate(params.top_k);
     }
     idx.sort_unstable_by(order);
@@ -60,8 +59,13 @@ pub fn sample_sorted(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> 
         return argmax(logits);
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.sort_unstable_by(by_logit(logits));
     draw(logits, &idx, params, rng)
+}
+
+/// Candidates by logit, descending; ties: the lower id first (deterministic).
+fn by_logit(logits: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
+    |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b))
 }
 
 /// Temperature → top-p → top-k → a multinomial draw over `candidates`, the row's best ids in

@@ -178,7 +178,7 @@ impl Transformer {
     /// else, and past the table's end, computed afresh (the same values).
     fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
         match &self.rope {
-            Some((cos, sin)) if positions.iter().all(|&p| (p as usize) < cos.dim(0).unwrap_or(0)) => {
+            Some((cos, sin)) if positions.iter().all(|&p| (p as usize) < cos.dims()[0]) => {
                 let index = Tensor::from_slice(positions, positions.len(), &self.device)?;
                 Ok((cos.index_select(&index, 0)?, sin.index_select(&index, 0)?))
             }
