@@ -1,8 +1,10 @@
 //! Decode throughput of kvbench's decoder on random weights, against the memory roofline.
 //!
-//! Builds a model of a given shape (default: DeepSeek-R1-Distill-Qwen-1.5B, Qwen2) with random
-//! weights on the device, prefills `--prompt` tokens per sequence, then times `--steps` greedy
-//! decode steps of all sequences stacked in one forward (as `kvbench run` batches them). Decoding
+//! Builds a model of a given shape (default: DeepSeek-R1-Distill-Qwen-1.5B, Qwen2; or its 7B
+//! sibling) with random weights on the device, prefills `--prompt` tokens per sequence, then times
+//! `--steps` greedy decode steps of all sequences in one forward each: from one slot pool, one
+//! attention per layer for all (as `kvbench run` decodes), or per sequence (`--decode
+//! per-sequence`, the reference path). Each row also counts the kernels of a step. Decoding
 //! is memory-bound: each step must read every weight once plus each sequence's K/V cache, so
 //!   roofline % = (weight bytes + KV bytes read) / step time / copy bandwidth,
 //! where the copy bandwidth (bytes read + written per second) is measured here with a large
@@ -10,8 +12,8 @@
 //! as `kvbench run`.
 //!
 //! GPU: `scripts/build-cuda.sh --example gpu_decode`, then
-//!   `target-cuda/release/examples/gpu_decode --csv out.csv`
-//! CPU smoke: `cargo run --release --example gpu_decode -- --tiny --device cpu --check`
+//!   `target-cuda/release/examples/gpu_decode --csv out.csv` (the whole check: `bench/gpu-run.sh`)
+//! CPU smoke: `cargo run --release --example gpu_decode -- --shape tiny --device cpu --check`
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,9 +40,13 @@ struct Args {
     /// f32, bf16 or f16 (default: bf16 on GPU, f32 on CPU).
     #[arg(long)]
     dtype: Option<String>,
-    /// A tiny Qwen2 shape (2 layers, vocab 10000) instead of R1-Distill-Qwen-1.5B.
-    #[arg(long)]
-    tiny: bool,
+    /// The model's shape: `1.5b` (R1-Distill-Qwen-1.5B), `7b` (R1-Distill-Qwen-7B) or `tiny`
+    /// (Qwen2 with 2 layers and a 10,000-token vocabulary).
+    #[arg(long, default_value = "1.5b")]
+    shape: String,
+    /// `pool` (one slot pool, one attention per layer for every sequence) or `per-sequence`.
+    #[arg(long, value_enum, default_value_t = kvbench::bench::DecodePath::Pool)]
+    decode: kvbench::bench::DecodePath,
     /// Batch sizes of the full-cache runs.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     batch: Vec<usize>,
@@ -97,6 +103,19 @@ fn r1_distill_qwen_1_5b() -> ModelConfig {
         qk_norm: false,
         bos_token_id: None,
         eos_token_ids: vec![],
+    }
+}
+
+/// DeepSeek-R1-Distill-Qwen-7B's shape.
+fn r1_distill_qwen_7b() -> ModelConfig {
+    ModelConfig {
+        hidden_size: 3584,
+        intermediate_size: 18_944,
+        vocab_size: 152_064,
+        num_layers: 28,
+        num_heads: 28,
+        num_kv_heads: 4,
+        ..r1_distill_qwen_1_5b()
     }
 }
 
@@ -183,8 +202,11 @@ struct Row {
     device: String,
     dtype: String,
     batch: usize,
+    decode: kvbench::bench::DecodePath,
     prompt: usize,
     steps: usize,
+    /// Kernels one decode step issues (the model's op ledger).
+    ops_per_step: usize,
     /// Mean cached tokens per sequence read by a timed step.
     ctx_mean: f64,
     prefill_tok_s: f64,
@@ -211,7 +233,14 @@ struct Run<'a> {
 }
 
 /// Prefill every sequence, then time decode steps of all of them in one forward each.
-fn bench(model: &Transformer, run: &Run<'_>, weight_bytes: usize, bw: f64, rng: &mut Rng) -> Result<Row> {
+fn bench(
+    model: &Transformer,
+    run: &Run<'_>,
+    decode: kvbench::bench::DecodePath,
+    weight_bytes: usize,
+    bw: f64,
+    rng: &mut Rng,
+) -> Result<Row> {
     let cfg = model.config();
     let device = model.device();
     let mut evictor = match run.policy {
@@ -234,7 +263,16 @@ fn bench(model: &Transformer, run: &Run<'_>, weight_bytes: usize, bw: f64, rng: 
         Some((_, b)) => b.budget.max(run.prompt) + 2,
         None => run.prompt + run.warmup + run.steps + 1,
     };
-    let mut caches = (0..run.batch).map(|_| model.new_cache(capacity)).collect::<Result<Vec<KvCache>>>()?;
+    let pool = match decode {
+        kvbench::bench::DecodePath::Pool => Some(model.new_pool(run.batch, capacity)?),
+        kvbench::bench::DecodePath::PerSequence => None,
+    };
+    let mut caches = (0..run.batch)
+        .map(|_| match &pool {
+            Some(pool) => pool.checkout()?.context("a free slot"),
+            None => model.new_cache(capacity),
+        })
+        .collect::<Result<Vec<KvCache>>>()?;
     let prompts: Vec<Vec<u32>> = (0..run.batch).map(|_| tokens(run.prompt, cfg.vocab_size, rng)).collect();
 
     device.synchronize()?;
@@ -259,6 +297,7 @@ fn bench(model: &Transformer, run: &Run<'_>, weight_bytes: usize, bw: f64, rng: 
     let mut last = start;
     let mut step_secs_each = Vec::with_capacity(run.steps);
     let mut kv_tokens = 0usize;
+    let mut ops_per_step = 0;
     for step in 0..run.warmup + run.steps {
         if step == run.warmup {
             device.synchronize()?;
@@ -275,7 +314,13 @@ fn bench(model: &Transformer, run: &Run<'_>, weight_bytes: usize, bw: f64, rng: 
             .zip(&fed)
             .map(|(cache, tok)| SeqStep { cache, tokens: std::slice::from_ref(tok), positions: None, visible: None })
             .collect();
-        let logits = model.forward(&mut seqs, obs)?;
+        let logits = if step == 0 {
+            let (logits, ops) = kvbench::model::ledger::record(|| model.forward(&mut seqs, obs));
+            ops_per_step = ops.len();
+            logits?
+        } else {
+            model.forward(&mut seqs, obs)?
+        };
         drop(seqs);
         if step >= run.warmup {
             // This step read every cached entry, its own new one included (before any eviction).
@@ -306,8 +351,10 @@ fn bench(model: &Transformer, run: &Run<'_>, weight_bytes: usize, bw: f64, rng: 
         device: if device.is_cpu() { "cpu" } else { "cuda" }.to_string(),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         batch: run.batch,
+        decode,
         prompt: run.prompt,
         steps: run.steps,
+        ops_per_step,
         ctx_mean: kv_tokens as f64 / (steps * run.batch as f64),
         prefill_tok_s: (run.batch * run.prompt) as f64 / prefill_secs,
         ms_per_step: step_secs * 1e3,
@@ -333,10 +380,15 @@ fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok(if num.is_nan() { f32::NAN } else { (num / den).sqrt() })
 }
 
-/// A fixed script on the tiny model: three prompts prefilled alone, four decode steps stacked,
-/// a compaction of every cache, one more stacked step. Returns every step's logits.
-fn check_script(model: &Transformer, prompts: &[Vec<u32>], decode: &[Vec<u32>]) -> Result<Vec<Tensor>> {
-    let mut caches = prompts.iter().map(|_| model.new_cache(8)).collect::<Result<Vec<KvCache>>>()?;
+/// A fixed script on the tiny model: three prompts prefilled alone, four decode steps together,
+/// a compaction of every cache, one more step; in a slot pool (4 slots, one free) or in caches of
+/// their own. Returns every step's logits.
+fn check_script(model: &Transformer, prompts: &[Vec<u32>], decode: &[Vec<u32>], pooled: bool) -> Result<Vec<Tensor>> {
+    let pool = model.new_pool(4, 64)?;
+    let mut caches = prompts
+        .iter()
+        .map(|_| if pooled { pool.checkout()?.context("a free slot") } else { model.new_cache(8) })
+        .collect::<Result<Vec<KvCache>>>()?;
     let mut out = Vec::new();
     for (cache, p) in caches.iter_mut().zip(prompts) {
         out.push(model.forward(&mut [SeqStep { cache, tokens: p, positions: None, visible: None }], None)?);
@@ -370,10 +422,12 @@ fn check(device: &Device) -> Result<()> {
         let w = cpu_w.iter().map(|(k, v)| Ok((k.clone(), v.to_device(dev)?))).collect::<Result<HashMap<_, _>>>()?;
         Transformer::load(&cfg, VarBuilder::from_tensors(w, dtype, dev))
     };
-    let reference = check_script(&build(DType::F32, &Device::Cpu)?, &prompts, &decode)?;
+    let reference = check_script(&build(DType::F32, &Device::Cpu)?, &prompts, &decode, false)?;
     let mut failed = false;
-    for (dtype, limit) in [(DType::F32, 1e-3f32), (DType::BF16, 5e-2)] {
-        let got = check_script(&build(dtype, device)?, &prompts, &decode)?;
+    let runs =
+        [(DType::F32, false, 1e-5f32), (DType::F32, true, 1e-5), (DType::BF16, false, 5e-2), (DType::BF16, true, 5e-2)];
+    for (dtype, pooled, limit) in runs {
+        let got = check_script(&build(dtype, device)?, &prompts, &decode, pooled)?;
         let mut worst = 0f32;
         let mut agree = (0, 0);
         for (g, r) in got.iter().zip(&reference) {
@@ -386,8 +440,9 @@ fn check(device: &Device) -> Result<()> {
         let ok = worst <= limit; // NaN fails
         failed |= !ok;
         println!(
-            "check {} {dtype:?} vs cpu f32: max rel err {worst:.2e} (limit {limit:.0e}), greedy agree {}/{} {}",
+            "check {} {dtype:?} {} vs cpu f32 per sequence: max rel err {worst:.2e} (limit {limit:.0e}), greedy agree {}/{} {}",
             if device.is_cpu() { "cpu" } else { "cuda" },
+            if pooled { "pool" } else { "per-sequence" },
             agree.0,
             agree.1,
             if ok { "PASS" } else { "FAIL" }
@@ -404,7 +459,12 @@ fn main() -> Result<()> {
     if args.check {
         check(&device)?;
     }
-    let cfg = if args.tiny { tiny() } else { r1_distill_qwen_1_5b() };
+    let cfg = match args.shape.as_str() {
+        "1.5b" => r1_distill_qwen_1_5b(),
+        "7b" => r1_distill_qwen_7b(),
+        "tiny" => tiny(),
+        other => bail!("--shape {other}: expected 1.5b, 7b or tiny"),
+    };
     let bw_gib = args.bw_gib.unwrap_or(if device.is_cpu() { 0.25 } else { 4.0 });
     let bw = kvbench::bench::copy_bandwidth(&device, bw_gib)?;
     println!("copy bandwidth ({bw_gib} GiB, read + write): {:.1} GB/s", bw / 1e9);
@@ -454,12 +514,14 @@ fn main() -> Result<()> {
     let mut rng = Rng::new(args.seed);
     let mut rows = Vec::new();
     for run in &runs {
-        let row = bench(&model, run, weight_bytes, bw, &mut rng).with_context(|| format!("run {}", run.name))?;
+        let row =
+            bench(&model, run, args.decode, weight_bytes, bw, &mut rng).with_context(|| format!("run {}", run.name))?;
         println!(
-            "{} batch {}: {:.2} ms/step, {:.1} tok/s per sequence, {:.1} tok/s total, {:.1} GB/s = {:.1} % of roofline",
+            "{} batch {}: {:.2} ms/step ({} ops), {:.1} tok/s per sequence, {:.1} tok/s total, {:.1} GB/s = {:.1} % of roofline",
             row.run,
             row.batch,
             row.ms_per_step,
+            row.ops_per_step,
             row.tok_s_per_seq,
             row.tok_s_total,
             row.achieved_gb_s,
@@ -470,14 +532,15 @@ fn main() -> Result<()> {
 
     println!();
     println!(
-        "| run | batch | ctx | prefill tok/s | ms/step (median) | tok/s/seq | tok/s total | GB/step (w+kv) | GB/s | % roofline | evictions |"
+        "| run | batch | ops/step | ctx | prefill tok/s | ms/step (median) | tok/s/seq | tok/s total | GB/step (w+kv) | GB/s | % roofline | evictions |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.1} | {:.1} | {:.3}+{:.3} | {:.0} | {:.1} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.1} | {:.1} | {:.3}+{:.3} | {:.0} | {:.1} | {} |",
             r.run,
             r.batch,
+            r.ops_per_step,
             r.ctx_mean,
             r.prefill_tok_s,
             r.ms_per_step,

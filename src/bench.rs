@@ -31,12 +31,24 @@ use serde::Serialize;
 
 use crate::decode::generate::GenerateParams;
 use crate::decode::sampling::SamplingParams;
-use crate::eval::sample::{decode_batch, start_sample, PolicyResources, Sample, SampleState};
+use crate::eval::sample::{
+    cache_capacity, decode_batch, start_sample, start_sample_in, PolicyResources, Sample, SampleState,
+};
 use crate::model::source::{LoadOptions, LoadedModel, ModelSource};
 use crate::model::ModelConfig;
 use crate::policies::dynts::ImportancePredictor;
 use crate::policies::{Budget, PolicySpec};
 use crate::rng::Rng;
+
+/// How a benchmark's sequences decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecodePath {
+    /// One slot pool: one attention per layer for every sequence (what `kvbench run` does).
+    Pool,
+    /// A cache per sequence, attention one sequence after another (the reference path).
+    PerSequence,
+}
 
 /// A validated `kvbench bench` invocation: everything checked before any weight is loaded.
 #[derive(Debug)]
@@ -53,7 +65,9 @@ pub struct BenchPlan {
     /// History lengths (prompt + generated) where prefill and decode are timed, ascending.
     pub contexts: Vec<usize>,
     pub steps: usize,
-    pub batch: usize,
+    /// Batch sizes, each benchmarked in turn.
+    pub batches: Vec<usize>,
+    pub decode: DecodePath,
     pub prefill_chunk: usize,
     pub seed: u64,
     /// GiB copied to measure the bandwidth.
@@ -66,7 +80,7 @@ impl BenchPlan {
         ensure!(!self.policies.is_empty(), "--policies: none given");
         ensure!(self.prompt > 0, "--prompt must be at least 1 token");
         ensure!(self.steps > 0, "--steps must be at least 1");
-        ensure!(self.batch > 0, "--batch must be at least 1");
+        ensure!(!self.batches.is_empty() && !self.batches.contains(&0), "--batch sizes must be at least 1");
         ensure!(self.prefill_chunk > 0, "--prefill-chunk must be at least 1");
         ensure!(!self.contexts.is_empty(), "--context: none given");
         ensure!(
@@ -95,9 +109,9 @@ impl BenchPlan {
     }
 
     /// Tokens each sequence generates: the first (from the prefill), one per step to the last
-    /// context, then one per timed step.
+    /// context, then at each context one counted step and the timed ones.
     fn new_tokens(&self) -> usize {
-        1 + self.contexts.last().copied().unwrap_or(0) - self.prompt + self.steps
+        1 + self.contexts.last().copied().unwrap_or(0) - self.prompt + self.contexts.len() * (1 + self.steps)
     }
 }
 
@@ -114,6 +128,7 @@ pub struct BenchRow {
     pub ratio: f64,
     pub predictor: String,
     pub batch: usize,
+    pub decode: DecodePath,
     /// History length (prompt + generated) where this row was timed.
     pub context: usize,
     /// Prefill of a `context`-token prompt: prompt tokens per second, all sequences together
@@ -125,6 +140,8 @@ pub struct BenchRow {
     pub cache_len: f64,
     pub ms_per_step: f64,
     pub ms_per_step_median: f64,
+    /// Kernels one decode step issues (the model's op ledger).
+    pub ops_per_step: usize,
     /// Generated tokens per second, all sequences of the batch together.
     pub tok_s: f64,
     /// Share of the decode time since the previous context spent in the policy.
@@ -307,11 +324,13 @@ pub fn run(plan: &BenchPlan, lm: &LoadedModel) -> Result<Vec<BenchRow>> {
     let mut res = PolicyResources::new(lm, None)?;
     res.predictor = predictor.as_ref().map(|(p, _)| p.clone());
     eprintln!("{TABLE_HEADER}");
-    let decode_prompts = random_prompts(plan.batch, plan.prompt, cfg.vocab_size, plan.seed);
     let mut rows = Vec::new();
-    for spec in &plan.policies {
-        let label = if spec.needs_predictor() { predictor.as_ref().map_or("", |(_, l)| l.as_str()) } else { "" };
-        rows.extend(bench_policy(plan, lm, &res, spec, label, &machine, &decode_prompts)?);
+    for &batch in &plan.batches {
+        let decode_prompts = random_prompts(batch, plan.prompt, cfg.vocab_size, plan.seed);
+        for spec in &plan.policies {
+            let label = if spec.needs_predictor() { predictor.as_ref().map_or("", |(_, l)| l.as_str()) } else { "" };
+            rows.extend(bench_policy(plan, batch, lm, &res, spec, label, &machine, &decode_prompts)?);
+        }
     }
     Ok(rows)
 }
@@ -320,8 +339,10 @@ fn params(max_new_tokens: usize, prefill_chunk: usize) -> GenerateParams {
     GenerateParams { max_new_tokens, sampling: SamplingParams::GREEDY, stop_tokens: Vec::new(), prefill_chunk }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_policy(
     plan: &BenchPlan,
+    batch: usize,
     lm: &LoadedModel,
     res: &PolicyResources,
     spec: &PolicySpec,
@@ -341,7 +362,7 @@ fn bench_policy(
             prefill.push(None);
             continue;
         }
-        let prompts = random_prompts(plan.batch, ctx, lm.model.config().vocab_size, plan.seed ^ ctx as u64);
+        let prompts = random_prompts(batch, ctx, lm.model.config().vocab_size, plan.seed ^ ctx as u64);
         device.synchronize()?;
         let t = Instant::now();
         for (i, p) in prompts.iter().enumerate() {
@@ -353,20 +374,27 @@ fn bench_policy(
         }
         device.synchronize()?;
         let secs = t.elapsed().as_secs_f64();
-        prefill.push(Some(((plan.batch * ctx) as f64 / secs, secs / plan.batch as f64 * 1e3)));
+        prefill.push(Some(((batch * ctx) as f64 / secs, secs / batch as f64 * 1e3)));
     }
 
     // Decode from the short prompt through every context.
     let gen = params(plan.new_tokens(), plan.prefill_chunk);
+    let pool = match plan.decode {
+        DecodePath::Pool => Some(lm.model.new_pool(batch, cache_capacity(spec, budget, plan.prompt, &gen))?),
+        DecodePath::PerSequence => None,
+    };
     let mut states = decode_prompts
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let sample = Sample { policy: spec, budget, prompt: p, params: &gen, rng: Rng::new(i as u64), trace: None };
-            start_sample(lm, res, sample)
+            start_sample_in(lm, res, sample, pool.as_ref())
         })
         .collect::<Result<Vec<SampleState>>>()?;
-    let kv_alloc = states.iter().map(|s| s.seq.cache.capacity()).sum::<usize>() * m.kv_bytes;
+    let kv_alloc = match &pool {
+        Some(pool) => pool.slots() * pool.capacity(),
+        None => states.iter().map(|s| s.seq.cache.capacity()).sum::<usize>(),
+    } * m.kv_bytes;
     // The token about to be fed sits at history = prompt + generated − 1.
     let mut history = plan.prompt;
     let (b, w, r) = Budget::columns(budget.as_ref());
@@ -397,6 +425,11 @@ fn bench_policy(
         device.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
         let span_secs = span.elapsed().as_secs_f64();
+        // One more step, untimed, its kernels counted by the model's ledger.
+        let (stepped, ops) = crate::model::ledger::record(|| step(lm, &mut states));
+        stepped?;
+        let ops = ops.len();
+        history += 1;
         let policy = states.iter().map(|s| s.evictor.stats().policy_secs).sum::<f64>() - policy0;
         let evictions = states.iter().map(|s| s.evictor.stats().evictions).sum::<usize>() - evictions0;
         times.sort_by(f64::total_cmp);
@@ -413,14 +446,16 @@ fn bench_policy(
             window: w,
             ratio: r,
             predictor: predictor.to_string(),
-            batch: plan.batch,
+            batch,
+            decode: plan.decode,
             context: ctx,
             prefill_tok_s: prefill[c].map(|p| p.0),
             ttft_ms: prefill[c].map(|p| p.1),
-            cache_len: read as f64 / (plan.steps * plan.batch) as f64,
+            cache_len: read as f64 / (plan.steps * batch) as f64,
             ms_per_step: step_secs * 1e3,
             ms_per_step_median: times[times.len() / 2] * 1e3,
-            tok_s: plan.batch as f64 / step_secs,
+            ops_per_step: ops,
+            tok_s: batch as f64 / step_secs,
             // Several sequences' policies run one after another inside one step.
             policy_share: policy / span_secs,
             evictions,
@@ -444,7 +479,7 @@ fn step(lm: &LoadedModel, states: &mut [SampleState]) -> Result<()> {
 }
 
 const TABLE_HEADER: &str =
-    "policy        context  cache  prefill tok/s  ttft ms  ms/step  tok/s  policy %  peak MiB  roofline %";
+    "batch policy        context  cache  prefill tok/s  ttft ms  ms/step  ops/step  tok/s  policy %  peak MiB  roofline %";
 
 pub fn row_line(r: &BenchRow) -> String {
     let opt = |v: Option<f64>, width: usize, digits: usize| match v {
@@ -452,13 +487,15 @@ pub fn row_line(r: &BenchRow) -> String {
         None => format!("{:>width$}", "-"),
     };
     format!(
-        "{:<12} {:>8} {:>6.0} {} {} {:>8.2} {:>6.1} {:>9.1} {} {:>11.1}",
+        "{:>5} {:<12} {:>8} {:>6.0} {} {} {:>8.2} {:>9} {:>6.1} {:>9.1} {} {:>11.1}",
+        r.batch,
         r.policy,
         r.context,
         r.cache_len,
         opt(r.prefill_tok_s, 14, 0),
         opt(r.ttft_ms, 8, 1),
         r.ms_per_step,
+        r.ops_per_step,
         r.tok_s,
         100.0 * r.policy_share,
         opt(r.peak_rss_mib, 9, 0),

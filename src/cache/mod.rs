@@ -10,9 +10,12 @@
 //! DynTS harness) or one set per layer and KV head of equal size (the papers' per-head variants).
 
 pub mod observe;
+pub mod pool;
 
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
+
+use pool::SlotRef;
 
 /// Which original positions each slot holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +44,8 @@ pub struct KvCache {
     peak_len: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// When the buffers are one slot of a [`pool::SlotPool`]: which (they cannot grow).
+    slot: Option<SlotRef>,
 }
 
 impl KvCache {
@@ -71,7 +76,35 @@ impl KvCache {
             peak_len: 0,
             kv_heads,
             head_dim,
+            slot: None,
         })
+    }
+
+    /// An empty cache whose buffers are the views of one pool slot.
+    pub(crate) fn in_slot(slot: SlotRef) -> Result<Self> {
+        let p = &slot.pool;
+        let layers =
+            p.k.iter()
+                .zip(&p.v)
+                .map(|(k, v)| Ok(LayerKv { k: k.get(slot.index)?, v: v.get(slot.index)? }))
+                .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            len: 0,
+            capacity: p.capacity,
+            next_position: 0,
+            slots: SlotMap::Shared { positions: Vec::new(), token_ids: Vec::new() },
+            history: Vec::new(),
+            peak_len: 0,
+            kv_heads: p.kv_heads,
+            head_dim: p.head_dim,
+            slot: Some(slot),
+        })
+    }
+
+    /// The pool slot holding this cache, if any.
+    pub(crate) fn slot(&self) -> Option<&SlotRef> {
+        self.slot.as_ref()
     }
 
     /// Cached tokens per layer (the quantity budgets count).
@@ -144,6 +177,13 @@ impl KvCache {
         let needed = self.len + extra;
         if needed <= self.capacity {
             return Ok(());
+        }
+        if let Some(slot) = &self.slot {
+            bail!(
+                "a sequence needs {needed} cache entries, its pool slot {} holds {} (size the pool to the plan)",
+                slot.index,
+                self.capacity
+            );
         }
         let new_cap = needed.max(self.capacity * 2);
         for layer in &mut self.layers {

@@ -29,6 +29,9 @@ pub struct AttentionView<'a> {
     pub keys: &'a Tensor,
     /// Queries after RoPE `[kv_heads, groups, t, head_dim]`.
     pub queries: &'a Tensor,
+    /// `probs` summed over KV heads, query heads and queries, in f32 `[len]`, when the decoder
+    /// computed it for a whole batch at once (then an observer need not reduce per sequence).
+    pub head_sum: Option<&'a Tensor>,
 }
 
 pub trait Observer {

@@ -171,9 +171,13 @@ pub struct BenchArgs {
     /// Timed decode steps at each context.
     #[arg(long, default_value_t = 32)]
     pub steps: usize,
-    /// Sequences decoded together (one stacked forward per step).
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// Sequences decoded together, one batch size after another (1,8,32).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// How a step's sequences decode: `pool` (one cache pool, one attention per layer for all) or
+    /// `per-sequence` (a cache each, attention one sequence after another: the reference path).
+    #[arg(long, value_enum, default_value_t = crate::bench::DecodePath::Pool)]
+    pub decode: crate::bench::DecodePath,
     /// Prompt tokens per prefill forward.
     #[arg(long, default_value_t = defaults::PREFILL_CHUNK)]
     pub prefill_chunk: usize,

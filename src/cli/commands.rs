@@ -111,7 +111,8 @@ fn cmd_bench(args: super::args::BenchArgs) -> Result<u8> {
         prompt: parse_tokens(&args.prompt).context("--prompt")?,
         contexts,
         steps: args.steps,
-        batch: args.batch,
+        batches: args.batch,
+        decode: args.decode,
         prefill_chunk: args.prefill_chunk,
         seed: args.seed,
         bandwidth_gib: args.bandwidth_gib,
@@ -238,8 +239,17 @@ fn cmd_run(args: RunArgs) -> Result<u8> {
             threads: setup.threads,
             shard: setup.shard,
         };
-        let (ran, skipped) = run(&r.plan, jobs, &cfg)?;
-        eprintln!("ran {ran} samples, {skipped} already done; summary: {}", r.out.join("summary.csv").display());
+        let report = run(&r.plan, jobs, &cfg)?;
+        let occupancy = match report.slot_occupancy {
+            Some(o) => format!(", slots {:.0} % busy", 100.0 * o),
+            None => String::new(),
+        };
+        eprintln!(
+            "ran {} samples, {} already done{occupancy}; summary: {}",
+            report.ran,
+            report.skipped,
+            r.out.join("summary.csv").display()
+        );
         summaries.push(r.out.join("summary.csv"));
     }
     if let Some(out) = &setup.combined_out {

@@ -15,6 +15,9 @@ pub struct Progress {
     pub overall: indicatif::ProgressBar,
     configs: Mutex<HashMap<String, ConfigProgress>>,
     tokens: AtomicUsize,
+    /// Busy and offered slot-steps of the decode steps so far.
+    busy: AtomicUsize,
+    offered: AtomicUsize,
     start: std::time::Instant,
 }
 
@@ -50,6 +53,8 @@ impl Progress {
             overall,
             configs: Mutex::new(configs),
             tokens: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            offered: AtomicUsize::new(0),
             start: std::time::Instant::now(),
         }
     }
@@ -69,10 +74,18 @@ impl Progress {
         }
     }
 
+    /// One decode step ran with `busy` of a pool's `slots` slots decoding.
+    pub fn slots(&self, busy: usize, slots: usize) {
+        self.busy.fetch_add(busy, Ordering::Relaxed);
+        self.offered.fetch_add(slots, Ordering::Relaxed);
+    }
+
     pub fn finished(&self, plan: &Plan, job: &Job, record: &SampleRecord) {
         let n = self.tokens.fetch_add(record.generated_tokens, Ordering::Relaxed) + record.generated_tokens;
         let rate = n as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
-        self.overall.set_message(format!("{rate:.1} tok/s"));
+        let (busy, offered) = (self.busy.load(Ordering::Relaxed), self.offered.load(Ordering::Relaxed));
+        let occupancy = 100.0 * busy as f64 / offered.max(1) as f64;
+        self.overall.set_message(format!("{rate:.1} tok/s, slots {occupancy:.0} % busy"));
         self.overall.inc(1);
         let Ok(mut configs) = self.configs.lock() else { return };
         let name = job.config(plan);

@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::prompt::render_prompt;
 use crate::cache::observe::CacheHook;
+use crate::cache::pool::SlotPool;
 use crate::decode::generate::{decode_step, GenerateParams, Generation, Sequence, StopReason};
 use crate::grading;
 use crate::model::source::LoadedModel;
@@ -78,14 +79,40 @@ impl SampleState {
     }
 }
 
-/// Prefills the sample's prompt under its policy and draws the first token.
-pub fn start_sample(lm: &LoadedModel, res: &PolicyResources, sample: Sample<'_>) -> Result<SampleState> {
-    let Sample { policy: spec, budget, prompt, params, rng, trace } = sample;
-    let budget = match budget {
-        Some(b) => b,
-        None if !spec.evicts() => Budget::UNBOUNDED,
+/// The budget a sample runs under: its own, or none for a policy that never evicts.
+fn effective_budget(spec: &PolicySpec, budget: Option<Budget>) -> Result<Budget> {
+    match budget {
+        Some(b) => Ok(b),
+        None if !spec.evicts() => Ok(Budget::UNBOUNDED),
         None => bail!("policy {} evicts, so it needs a budget", spec.name),
-    };
+    }
+}
+
+/// Cache entries a sample needs at most: full-cache runs hold prompt + generation; budgeted ones
+/// B + 1 (the step that triggers) or the prompt, plus a prefill chunk appended before pruning.
+pub fn cache_capacity(spec: &PolicySpec, budget: Option<Budget>, prompt_len: usize, params: &GenerateParams) -> usize {
+    match effective_budget(spec, budget) {
+        Ok(b) if spec.evicts() => b.budget.max(prompt_len) + params.prefill_chunk + 1,
+        _ => prompt_len + params.max_new_tokens,
+    }
+}
+
+/// Prefills the sample's prompt under its policy, in a cache of its own, and draws the first token.
+pub fn start_sample(lm: &LoadedModel, res: &PolicyResources, sample: Sample<'_>) -> Result<SampleState> {
+    start_sample_in(lm, res, sample, None)
+}
+
+/// Like [`start_sample`], with the cache in a free slot of `pool` when one is given (then the
+/// sample decodes in the pool's batched steps).
+pub fn start_sample_in(
+    lm: &LoadedModel,
+    res: &PolicyResources,
+    sample: Sample<'_>,
+    pool: Option<&SlotPool>,
+) -> Result<SampleState> {
+    let Sample { policy: spec, budget, prompt, params, rng, trace } = sample;
+    let capacity = cache_capacity(spec, budget, prompt.len(), params);
+    let budget = effective_budget(spec, budget)?;
     if spec.protects_prompt() && budget.budget <= prompt.len() {
         bail!(
             "--budget {} is not above the prompt length {} and {} never evicts the prompt",
@@ -94,13 +121,17 @@ pub fn start_sample(lm: &LoadedModel, res: &PolicyResources, sample: Sample<'_>)
             spec.name
         );
     }
-    // Full-cache runs hold prompt + generation; budgeted ones B + 1 (the step that triggers).
-    let capacity = if spec.evicts() {
-        budget.budget.max(prompt.len()) + params.prefill_chunk + 1
-    } else {
-        prompt.len() + params.max_new_tokens
+    let cache = match pool {
+        Some(pool) => {
+            ensure!(
+                capacity <= pool.capacity(),
+                "the sample needs {capacity} cache entries, the pool's slots hold {}",
+                pool.capacity()
+            );
+            pool.checkout()?.context("every slot of the pool is taken")?
+        }
+        None => lm.model.new_cache(capacity)?,
     };
-    let cache = lm.model.new_cache(capacity)?;
     let ctx = PolicyContext {
         num_layers: lm.model.config().num_layers,
         separator_ids: res.separator_ids.clone(),
@@ -139,21 +170,27 @@ pub fn start_job(
     specs: &[PolicySpec],
     plan: &Plan,
     job: &Job,
+    pool: Option<&SlotPool>,
 ) -> Result<SampleState> {
     let prompt = render_prompt(lm, plan, &job.question)?;
-    let params = GenerateParams {
-        max_new_tokens: plan.max_new_tokens,
-        sampling: plan.sampling,
-        stop_tokens: lm.eos_token_ids.clone(),
-        prefill_chunk: plan.prefill_chunk,
-    };
+    let params = job_params(lm, plan);
     // The sample's stream depends on what it is, never on order, threads, shards or resumption.
     let dataset_hash =
         job.dataset.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let rng = Rng::derive(plan.seed, &[dataset_hash, job.question.index as u64, job.sample as u64]);
     let sample =
         Sample { policy: &specs[job.policy], budget: job.budget, prompt: &prompt, params: &params, rng, trace: None };
-    start_sample(lm, res, sample).with_context(|| format!("sample {}", job.key(plan)))
+    start_sample_in(lm, res, sample, pool).with_context(|| format!("sample {}", job.key(plan)))
+}
+
+/// How a plan's samples generate.
+pub fn job_params(lm: &LoadedModel, plan: &Plan) -> GenerateParams {
+    GenerateParams {
+        max_new_tokens: plan.max_new_tokens,
+        sampling: plan.sampling,
+        stop_tokens: lm.eos_token_ids.clone(),
+        prefill_chunk: plan.prefill_chunk,
+    }
 }
 
 /// Grades a finished job into its `samples.jsonl` record.

@@ -1,9 +1,14 @@
-//! `kvbench run`: a plan's jobs decoded on `--threads` workers, each taking the next group of
-//! `plan.batch` samples from one queue. Every finished sample is appended to `samples.jsonl` and
-//! flushed, so a killed run resumes where it stopped: finished samples are skipped, and the
-//! summary is recomputed from all samples.
+//! `kvbench run`: a plan's jobs decoded on `--threads` workers. Each worker keeps the `--batch`
+//! slots of its cache pool full (continuous batching): when a sample finishes, the next job of the
+//! worker's queue is prefilled into the freed slot. Worker w takes jobs w, w + T, w + 2T, … of
+//! the plan's order, so the schedule depends only on the plan and the tokens, never on timing;
+//! and since a row's numbers do not depend on its batch-mates (on the CPU in f32), neither do the
+//! results. Every finished sample is appended to `samples.jsonl` and flushed, so a killed run
+//! resumes where it stopped: finished samples are skipped, and the summary is recomputed from all
+//! samples.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +19,7 @@ use anyhow::{bail, Context, Result};
 
 use super::progress::Progress;
 use super::prompt::render_prompt;
-use super::sample::{decode_batch, finish_job, start_job, PolicyResources, SampleState};
+use super::sample::{cache_capacity, decode_batch, finish_job, job_params, start_job, PolicyResources, SampleState};
 use crate::data;
 use crate::io::{file_fingerprint, write_atomic};
 use crate::model::source::{load, LoadOptions, LoadedModel, ModelSource};
@@ -29,101 +34,125 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     pub source: ModelSource,
     pub load: LoadOptions,
-    /// Worker threads, each decoding one group of `plan.batch` samples at a time.
+    /// Worker threads, each decoding up to `plan.batch` samples at a time.
     pub threads: usize,
     pub shard: Option<Shard>,
 }
 
-/// Runs the jobs of `plan` (this shard's part of them) that `cfg.out` does not hold yet; returns
-/// (run now, already done).
-pub fn run(plan: &Plan, jobs: Vec<Job>, cfg: &RunConfig) -> Result<(usize, usize)> {
+/// What a run did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunReport {
+    pub ran: usize,
+    pub skipped: usize,
+    /// Busy slots over all slots, averaged over the decode steps (`None`: no step ran).
+    pub slot_occupancy: Option<f64>,
+}
+
+/// Runs the jobs of `plan` (this shard's part of them) that `cfg.out` does not hold yet.
+pub fn run(plan: &Plan, jobs: Vec<Job>, cfg: &RunConfig) -> Result<RunReport> {
     let out = &cfg.out;
+    // Shards take whole batch-sized groups of the plan's order, as they always have.
     let groups: Vec<Vec<Job>> = jobs.chunks(plan.batch.max(1)).map(|g| g.to_vec()).collect();
-    let groups = match cfg.shard {
+    let jobs: Vec<Job> = match cfg.shard {
         Some(shard) => shard.select(groups),
         None => groups,
-    };
+    }
+    .into_iter()
+    .flatten()
+    .collect();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     check_manifest(out, plan, cfg.shard)?;
     let samples_path = out.join("samples.jsonl");
     let finished = read_samples(&samples_path)?;
     let done: HashSet<String> = finished.iter().map(|r| r.key.clone()).collect();
-    let is_done = |j: &Job| done.contains(&j.key(plan));
-    let (todo, skipped): (Vec<&Job>, Vec<&Job>) = groups.iter().flatten().partition(|j| !is_done(j));
-    // A group with anything left runs whole, so every sample keeps its batch-mates.
-    let todo_groups: Vec<&Vec<Job>> = groups.iter().filter(|g| g.iter().any(|j| !is_done(j))).collect();
+    let (todo, skipped): (Vec<&Job>, Vec<&Job>) = jobs.iter().partition(|j| !done.contains(&j.key(plan)));
     let lm = load(&cfg.source, &cfg.load)?;
     let specs = specs(plan)?;
-    check_prompts_fit(&lm, plan, &specs, &todo)?;
-    write_manifest(out, plan, cfg, &lm)?;
+    let capacity = check_prompts_fit(&lm, plan, &specs, &todo)?;
+    write_manifest(out, plan, cfg, &lm, None)?;
     let resources = PolicyResources::new(&lm, plan.predictor.as_deref())?;
     let file = OpenOptions::new().create(true).append(true).open(&samples_path)?;
     let writer = Mutex::new(file);
-    let queue = Mutex::new(todo_groups.into_iter());
     let progress = Progress::new(plan, &todo, &skipped, &finished);
     let failed = AtomicBool::new(false);
-    let work = || -> Result<()> {
+    let threads = cfg.threads.max(1);
+    let work = |w: usize| -> Result<(u64, u64)> {
         let fail = |e: anyhow::Error| {
             failed.store(true, Ordering::Relaxed);
             e
         };
+        let mut queue = todo.iter().skip(w).step_by(threads).copied();
+        let pool = lm.model.new_pool(plan.batch.max(1), capacity).map_err(fail)?;
+        let mut live: Vec<(&Job, SampleState)> = Vec::with_capacity(plan.batch);
+        let (mut busy, mut offered) = (0u64, 0u64);
         while !failed.load(Ordering::Relaxed) {
-            let Some(group) = queue.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?.next() else { break };
-            let mut states = Vec::with_capacity(group.len());
-            for job in group {
-                if !is_done(job) {
-                    progress.started(plan, job);
+            // Each sample is written the moment it finishes (its slot freed), so a kill loses little.
+            let mut i = 0;
+            while i < live.len() {
+                if !live[i].1.finished() {
+                    i += 1;
+                    continue;
                 }
-                states.push(Some(start_job(&lm, &resources, &specs, plan, job).map_err(fail)?));
+                let (job, state) = live.remove(i);
+                let record = finish_job(&lm, &specs, plan, job, state).map_err(fail)?;
+                let mut line = serde_json::to_string(&record)?;
+                line.push('\n');
+                {
+                    let mut f = writer.lock().map_err(|_| anyhow::anyhow!("writer poisoned"))?;
+                    f.write_all(line.as_bytes())?;
+                    f.flush()?;
+                }
+                progress.finished(plan, job, &record);
             }
-            loop {
-                // Each sample is written the moment it finishes, so a kill loses little.
-                for (job, slot) in group.iter().zip(states.iter_mut()) {
-                    if slot.as_ref().is_some_and(|s| s.finished()) {
-                        let state = slot.take().expect("checked above");
-                        if is_done(job) {
-                            continue;
-                        }
-                        let record = finish_job(&lm, &specs, plan, job, state).map_err(fail)?;
-                        let mut line = serde_json::to_string(&record)?;
-                        line.push('\n');
-                        {
-                            let mut f = writer.lock().map_err(|_| anyhow::anyhow!("writer poisoned"))?;
-                            f.write_all(line.as_bytes())?;
-                            f.flush()?;
-                        }
-                        progress.finished(plan, job, &record);
-                    }
-                }
-                let mut live: Vec<&mut SampleState> = states.iter_mut().flatten().collect();
-                if live.is_empty() {
-                    break;
-                }
-                decode_batch(&lm, &mut live).map_err(fail)?;
+            while live.len() < plan.batch.max(1) {
+                let Some(job) = queue.next() else { break };
+                progress.started(plan, job);
+                live.push((job, start_job(&lm, &resources, &specs, plan, job, Some(&pool)).map_err(fail)?));
             }
+            if live.is_empty() {
+                break;
+            }
+            let mut batch: Vec<&mut SampleState> = live.iter_mut().map(|(_, s)| s).filter(|s| !s.finished()).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            busy += batch.len() as u64;
+            offered += pool.slots() as u64;
+            decode_batch(&lm, &mut batch).map_err(fail)?;
+            progress.slots(batch.len(), pool.slots());
         }
-        Ok(())
+        Ok((busy, offered))
     };
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = (0..cfg.threads.max(1)).map(|_| s.spawn(work)).collect();
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
-        }
-        Ok(())
+    let counts = std::thread::scope(|s| -> Result<Vec<(u64, u64)>> {
+        let handles: Vec<_> = (0..threads).map(|w| s.spawn(move || work(w))).collect();
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?).collect()
     })?;
     progress.overall.finish_and_clear();
+    let (busy, offered) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+    let slot_occupancy = (offered > 0).then(|| busy as f64 / offered as f64);
+    write_manifest(out, plan, cfg, &lm, slot_occupancy)?;
     write_summary(out, &read_samples(&samples_path)?, &plan.model)?;
-    Ok((todo.len(), skipped.len()))
+    Ok(RunReport { ran: todo.len(), skipped: skipped.len(), slot_occupancy })
 }
 
 /// Policies that never evict the prompt need B above every prompt: checked for the whole plan
-/// once the tokenizer is loaded, before any decoding.
-fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: &[&Job]) -> Result<()> {
-    let mut seen = HashSet::new();
-    for job in jobs.iter().filter(|j| specs[j.policy].protects_prompt()) {
-        let Some(budget) = job.budget else { continue };
-        if seen.insert((job.dataset.clone(), job.question.index, budget.budget)) {
-            let n = render_prompt(lm, plan, &job.question)?.len();
+/// once the tokenizer is loaded, before any decoding. Returns the cache entries the largest job
+/// needs (what a worker's slots hold).
+fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: &[&Job]) -> Result<usize> {
+    let params = job_params(lm, plan);
+    let mut prompt_lens: HashMap<(&str, usize), usize> = HashMap::new();
+    let mut capacity = 1;
+    for job in jobs {
+        let key = (job.dataset.as_str(), job.question.index);
+        let n = match prompt_lens.entry(key) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => *e.insert(render_prompt(lm, plan, &job.question)?.len()),
+        };
+        capacity = capacity.max(cache_capacity(&specs[job.policy], job.budget, n, &params));
+        if !specs[job.policy].protects_prompt() {
+            continue;
+        }
+        if let Some(budget) = job.budget {
             if n >= budget.budget {
                 bail!(
                     "{} question {} has {n} prompt tokens, not below --budget {}, and {} never evicts the prompt",
@@ -135,10 +164,18 @@ fn check_prompts_fit(lm: &LoadedModel, plan: &Plan, specs: &[PolicySpec], jobs: 
             }
         }
     }
-    Ok(())
+    Ok(capacity)
 }
 
-fn write_manifest(out: &Path, plan: &Plan, cfg: &RunConfig, lm: &LoadedModel) -> Result<()> {
+/// The manifest: the plan and where its numbers come from; after a run, also how full the slots
+/// were kept.
+fn write_manifest(
+    out: &Path,
+    plan: &Plan,
+    cfg: &RunConfig,
+    lm: &LoadedModel,
+    slot_occupancy: Option<f64>,
+) -> Result<()> {
     let mut files = serde_json::Map::new();
     for f in &lm.files {
         files.insert(f.display().to_string(), file_fingerprint(f)?.into());
@@ -160,6 +197,7 @@ fn write_manifest(out: &Path, plan: &Plan, cfg: &RunConfig, lm: &LoadedModel) ->
         "machine": machine_kind(lm.model.device()),
         "dtype": format!("{:?}", lm.model.dtype()),
         "threads": cfg.threads,
+        "slot_occupancy": slot_occupancy,
     });
     let manifest = Manifest {
         plan: plan.clone(),

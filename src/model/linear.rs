@@ -64,9 +64,16 @@ impl Proj {
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
         if self.threaded && rows <= MAX_ROWS && x.dtype() == DType::F32 && rayon::current_num_threads() > 1 {
-            return self.forward_threaded(x, rows, k);
+            let y = self.forward_threaded(x, rows, k)?;
+            super::ledger::op("linear", &y);
+            return Ok(y);
         }
-        Ok(self.inner.forward(x)?)
+        let y = self.inner.forward(x)?;
+        super::ledger::op("matmul", &y);
+        if self.inner.bias().is_some() {
+            super::ledger::op("bias", &y);
+        }
+        Ok(y)
     }
 
     fn forward_threaded(&self, x: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
@@ -129,7 +136,7 @@ pub fn matmul_few_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias:
 }
 
 /// Whether the CPU has AVX2 and FMA (asked once per product, not per weight row).
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
@@ -140,7 +147,7 @@ fn has_avx2_fma() -> bool {
 /// has them; each weight chunk is loaded once for up to four rows), else in portable code the
 /// compiler vectorises for the baseline target.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn dots(simd: bool, x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+pub(crate) fn dots(simd: bool, x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         let mut r = 0;

@@ -5,7 +5,9 @@ pub mod config;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf;
+pub mod ledger;
 pub mod linear;
+pub mod slot_attention;
 pub mod source;
 pub mod transformer;
 

@@ -8,15 +8,20 @@
 //! Unlike candle-transformers' models, the KV cache is the caller's [`KvCache`] (post-RoPE,
 //! absolute positions, compactable) and attention probabilities are materialised so that an
 //! [`Observer`] can see them. Several sequences can go through one forward: their rows are stacked
-//! for every Linear layer ([`Proj`]), and attention runs per sequence against its own cache.
+//! for every Linear layer ([`Proj`]), and attention runs per sequence against its own cache; or,
+//! when every sequence decodes one token from a slot of one [`SlotPool`], attention runs once per
+//! layer for the whole pool (a fixed number of ops per step, whatever the batch).
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::{Arch, ModelConfig};
+use super::ledger::op;
 use super::linear::Proj;
+use super::slot_attention;
 use crate::cache::observe::{AttentionView, Observer};
+use crate::cache::pool::{PoolTensors, SlotPool, CONTEXT_BUCKET};
 use crate::cache::KvCache;
 
 /// Positions the RoPE table holds at most: a reasoning trace's prompt and 16k generated tokens fit,
@@ -173,6 +178,12 @@ impl Transformer {
         KvCache::new(self.cfg.num_layers, self.cfg.num_kv_heads, self.cfg.head_dim, capacity, self.dtype, &self.device)
     }
 
+    /// A pool of `slots` caches of `capacity` entries each, for batched decoding.
+    pub fn new_pool(&self, slots: usize, capacity: usize) -> Result<SlotPool> {
+        let c = &self.cfg;
+        SlotPool::new(c.num_layers, c.num_kv_heads, c.head_dim, slots, capacity, self.dtype, &self.device)
+    }
+
     /// RoPE tables `[t, head_dim/2]` for the given absolute positions: on a GPU, rows of the table
     /// built at load gathered on the device (one small upload of positions instead of two tables);
     /// else, and past the table's end, computed afresh (the same values).
@@ -189,6 +200,9 @@ impl Transformer {
     /// Feeds each sequence's tokens, appends their K/V to its cache, and returns the logits of
     /// each sequence's last token, `[n_seqs, vocab]`.
     pub fn forward(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        if let Some(pool) = shared_pool(seqs) {
+            return self.forward_slots(seqs, &pool, observer);
+        }
         let hidden = self.forward_hidden(seqs, observer)?;
         let last: Vec<u32> = row_offsets(seqs).iter().map(|&(off, t)| (off + t - 1) as u32).collect();
         let n = last.len();
@@ -198,6 +212,9 @@ impl Transformer {
 
     /// Like [`Transformer::forward`], but returns the logits of every fed token, `[Σt, vocab]`.
     pub fn forward_all_logits(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        if let Some(pool) = shared_pool(seqs) {
+            return self.forward_slots(seqs, &pool, observer);
+        }
         let hidden = self.forward_hidden(seqs, observer)?;
         self.lm_head.forward(&hidden)
     }
@@ -230,8 +247,10 @@ impl Transformer {
             .collect::<Result<Vec<_>>>()?;
 
         let mut x = self.embed_tokens.forward(&ids)?;
+        op("embedding", &x);
         for (li, block) in self.layers.iter().enumerate() {
             let h = block.input_layernorm.forward(&x)?;
+            op("rms_norm", &h);
             let attn = self.attention(
                 li,
                 &block.self_attn,
@@ -245,15 +264,11 @@ impl Transformer {
                 request.attention,
             )?;
             x = (x + attn)?;
-            let h = block.post_attention_layernorm.forward(&x)?;
-            let m = &block.mlp;
-            let f = self.cfg.intermediate_size;
-            let gate_up = m.gate_up_proj.forward(&h)?;
-            let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, f)?)?;
-            let mlp = m.down_proj.forward(&(gate * gate_up.narrow(D::Minus1, f, f)?)?)?;
-            x = (x + mlp)?;
+            op("add", &x);
+            x = self.mlp(block, x)?;
         }
         let hidden = self.norm.forward(&x)?;
+        op("rms_norm", &hidden);
         if request.hidden {
             if let Some(obs) = observer {
                 for (si, &(off, t)) in offsets.iter().enumerate() {
@@ -268,6 +283,165 @@ impl Transformer {
             pos_off += t;
         }
         Ok(hidden)
+    }
+
+    /// The second half of a block: `x + mlp(norm(x))`.
+    fn mlp(&self, block: &Block, x: Tensor) -> Result<Tensor> {
+        let h = block.post_attention_layernorm.forward(&x)?;
+        op("rms_norm", &h);
+        let m = &block.mlp;
+        let f = self.cfg.intermediate_size;
+        let gate_up = m.gate_up_proj.forward(&h)?;
+        let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, f)?)?;
+        op("silu", &gate);
+        let gated = (gate * gate_up.narrow(D::Minus1, f, f)?)?;
+        op("mul", &gated);
+        let mlp = m.down_proj.forward(&gated)?;
+        let x = (x + mlp)?;
+        op("add", &x);
+        Ok(x)
+    }
+
+    /// One decode step for sequences that each feed one token from a slot of `pool`: every slot
+    /// is a row (a free slot decodes a dummy token into its scratch entry), so the ops, their
+    /// shapes and each row's numbers are the same whichever slots are busy; attention covers the
+    /// longest row rounded up to [`CONTEXT_BUCKET`], shorter rows masked. Returns the logits of
+    /// `seqs` in their order.
+    fn forward_slots(
+        &self,
+        seqs: &mut [SeqStep<'_>],
+        pool: &PoolTensors,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (rows, width, dev) = (pool.slots, pool.width, &self.device);
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let groups = nh / nkv;
+        let request = observer.as_ref().map(|o| o.request()).unwrap_or_default();
+        let mut tokens = vec![0u32; rows];
+        let mut positions = vec![0u32; rows];
+        // Keys each row attends to (≥ 1, so a free row's softmax stays finite) and where it writes.
+        let mut attended = vec![1u32; rows];
+        let mut write_at = vec![pool.capacity; rows];
+        let mut slot_of = Vec::with_capacity(seqs.len());
+        for s in seqs.iter_mut() {
+            let slot = s.cache.slot().expect("shared_pool checked every cache").index;
+            ensure!((s.tokens[0] as usize) < cfg.vocab_size, "token id {} is outside the vocabulary", s.tokens[0]);
+            let pos = s.cache.begin_append(s.tokens, None)?;
+            let len = s.cache.len();
+            (tokens[slot], positions[slot], attended[slot], write_at[slot]) =
+                (s.tokens[0], pos[0], len as u32 + 1, len);
+            slot_of.push(slot);
+        }
+        let longest = *attended.iter().max().expect("a pool has slots") as usize;
+        let padded = longest.div_ceil(CONTEXT_BUCKET) * CONTEXT_BUCKET;
+        // Per step, shared by all layers: the additive length mask and the K/V write index.
+        let mask = {
+            let attended = Tensor::from_slice(&attended, (rows, 1), dev)?;
+            let cols = Tensor::arange(0u32, padded as u32, dev)?;
+            op("arange", &cols);
+            let visible = cols.broadcast_lt(&attended)?;
+            op("lt", &visible);
+            let zero = Tensor::zeros((), self.dtype, dev)?.broadcast_as((rows, padded))?;
+            let hidden =
+                Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(self.dtype)?.broadcast_as((rows, padded))?;
+            let mask = visible.where_cond(&zero, &hidden)?;
+            op("where", &mask);
+            mask.reshape((rows, 1, 1, padded))?
+        };
+        let index: Vec<u32> =
+            (0..rows * nkv).flat_map(|r| std::iter::repeat_n(((r * width) + write_at[r / nkv]) as u32, hd)).collect();
+        let index = Tensor::from_vec(index, (rows * nkv, hd), dev)?;
+        let ids = Tensor::from_vec(tokens, rows, dev)?;
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let (cos, sin) = (cos.reshape((rows, 1, hd / 2))?, sin.reshape((rows, 1, hd / 2))?);
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        let mut x = self.embed_tokens.forward(&ids)?;
+        op("embedding", &x);
+        for (li, block) in self.layers.iter().enumerate() {
+            let a = &block.self_attn;
+            let h = block.input_layernorm.forward(&x)?;
+            op("rms_norm", &h);
+            let qkv = a.qkv_proj.forward(&h)?;
+            let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((rows, nh, hd))?;
+            op("copy", &q);
+            let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((rows, nkv, hd))?;
+            op("copy", &k);
+            let v = qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?.reshape((rows * nkv, hd))?;
+            op("copy", &v);
+            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                q = qn.forward(&q)?;
+                op("rms_norm", &q);
+                k = kn.forward(&k)?;
+                op("rms_norm", &k);
+            }
+            let q = candle_nn::rotary_emb::rope(&q.unsqueeze(2)?, &cos, &sin)?.reshape((rows, nkv, groups, hd))?;
+            op("rope", &q);
+            let k = candle_nn::rotary_emb::rope(&k.unsqueeze(2)?, &cos, &sin)?.reshape((rows * nkv, hd))?;
+            op("rope", &k);
+            let (pk, pv) = (&pool.k[li], &pool.v[li]);
+            pk.reshape((rows * nkv * width, hd))?.scatter_set(&index, &k, 0)?;
+            op("scatter", pk);
+            pv.reshape((rows * nkv * width, hd))?.scatter_set(&index, &v, 0)?;
+            op("scatter", pv);
+            let (keys, values) = (pk.narrow(2, 0, padded)?, pv.narrow(2, 0, padded)?);
+            let scores = slot_attention::scores(&q, &keys, &attended, scale)?;
+            op("scores", &scores);
+            let scores = scores.broadcast_add(&mask)?;
+            op("add", &scores);
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            op("softmax", &probs);
+            if request.attention {
+                if let Some(obs) = observer.as_deref_mut() {
+                    // Summed over heads for every row at once (f32 first: CUDA sums bf16 in bf16).
+                    let sums = probs.to_dtype(DType::F32)?.reshape((rows, nh, padded))?.sum(1)?;
+                    op("sum", &sums);
+                    for (si, &slot) in slot_of.iter().enumerate() {
+                        let len = seqs[si].cache.len() + 1;
+                        let probs = probs.get(slot)?.narrow(2, 0, len)?.unsqueeze(2)?;
+                        let keys = keys.get(slot)?.narrow(1, 0, len)?;
+                        let queries = q.get(slot)?.unsqueeze(2)?;
+                        let head_sum = sums.get(slot)?.narrow(0, 0, len)?;
+                        let view = AttentionView {
+                            layer: li,
+                            probs: &probs,
+                            keys: &keys,
+                            queries: &queries,
+                            head_sum: Some(&head_sum),
+                        };
+                        obs.attention(si, &view)?;
+                    }
+                }
+            }
+            let out = slot_attention::mix(&probs, &values, &attended)?;
+            op("mix", &out);
+            let attn = a.o_proj.forward(&out.reshape((rows, nh * hd))?)?;
+            x = (x + attn)?;
+            op("add", &x);
+            x = self.mlp(block, x)?;
+        }
+        let hidden = self.norm.forward(&x)?;
+        op("rms_norm", &hidden);
+        if request.hidden {
+            if let Some(obs) = observer {
+                for (si, &slot) in slot_of.iter().enumerate() {
+                    obs.hidden(si, &hidden.narrow(0, slot, 1)?)?;
+                }
+            }
+        }
+        for s in seqs.iter_mut() {
+            let position = s.cache.next_position();
+            s.cache.commit(s.tokens, &[position])?;
+        }
+        // Every row through lm_head (a product's rows do not depend on how many there are only
+        // when their number is fixed), then the rows of `seqs`.
+        let logits = self.lm_head.forward(&hidden)?;
+        let n = slot_of.len();
+        let slot_of: Vec<u32> = slot_of.into_iter().map(|s| s as u32).collect();
+        let logits = logits.index_select(&Tensor::from_vec(slot_of, n, dev)?, 0)?;
+        op("select", &logits);
+        Ok(logits)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -299,6 +473,9 @@ impl Transformer {
         let q = candle_nn::rotary_emb::rope(&q.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&k.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         let v = v.transpose(0, 1)?.contiguous()?;
+        for (name, t) in [("copy", &q), ("rope", &q), ("copy", &k), ("rope", &k), ("copy", &v)] {
+            op(name, t);
+        }
         let scale = 1.0 / (hd as f64).sqrt();
         let single = seqs.len() == 1;
         let mut outs = Vec::with_capacity(seqs.len());
@@ -308,7 +485,13 @@ impl Transformer {
             } else {
                 (k.narrow(1, off, t)?.contiguous()?, v.narrow(1, off, t)?.contiguous()?)
             };
+            if !single {
+                op("copy", &ks);
+                op("copy", &vs);
+            }
             s.cache.write(layer, &ks, &vs)?;
+            op("write", &ks);
+            op("write", &vs);
             let (keys, values) = s.cache.view_with(layer, t)?;
             let len = keys.dim(1)?;
             let qs = if single { q.clone() } else { q.narrow(1, off, t)? };
@@ -319,19 +502,55 @@ impl Transformer {
                 None => scores.reshape((nkv, groups, t, len))?,
             };
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            op("matmul", &probs);
+            op("scale", &probs);
+            if masks[si].is_some() {
+                op("add", &probs);
+            }
+            op("softmax", &probs);
             if observe_attention {
                 if let Some(obs) = observer.as_deref_mut() {
                     let queries = qs.reshape((nkv, groups, t, hd))?;
-                    obs.attention(si, &AttentionView { layer, probs: &probs, keys: &keys, queries: &queries })?;
+                    obs.attention(
+                        si,
+                        &AttentionView { layer, probs: &probs, keys: &keys, queries: &queries, head_sum: None },
+                    )?;
                 }
             }
             let out = probs.reshape((nkv, groups * t, len))?.matmul(&values)?;
+            op("matmul", &out);
             outs.push(out.reshape((nh, t, hd))?);
         }
         let out = if single { outs.pop().expect("one sequence") } else { Tensor::cat(&outs, 1)? };
+        if !single {
+            op("cat", &out);
+        }
         let out = out.transpose(0, 1)?.reshape((n, nh * hd))?;
+        op("copy", &out);
         a.o_proj.forward(&out)
     }
+}
+
+/// The pool whose slots hold every sequence's cache, when each feeds one token at its next
+/// position over its whole cache (a decode step) and no two share a slot: then one batched step
+/// serves them all.
+fn shared_pool(seqs: &[SeqStep<'_>]) -> Option<std::sync::Arc<PoolTensors>> {
+    let first = seqs.first()?.cache.slot()?.pool.clone();
+    let mut seen = vec![false; first.slots];
+    for s in seqs {
+        let slot = s.cache.slot()?;
+        if s.tokens.len() != 1
+            || s.positions.is_some()
+            || s.visible.is_some()
+            || !std::sync::Arc::ptr_eq(&slot.pool, &first)
+        {
+            return None;
+        }
+        if std::mem::replace(&mut seen[slot.index], true) {
+            return None;
+        }
+    }
+    Some(first)
 }
 
 /// `(row offset, token count)` of each sequence in the stacked rows.

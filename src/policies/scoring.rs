@@ -20,7 +20,10 @@ impl StepAttention {
     pub fn add(&mut self, view: &AttentionView<'_>) -> Result<()> {
         let (kv, g, t, len) = view.probs.dims4()?;
         // f32 before the sum: candle's CUDA sum of a bf16 tensor accumulates in bf16.
-        let layer_sum = view.probs.reshape((kv * g * t, len))?.to_dtype(DType::F32)?.sum(0)?;
+        let layer_sum = match view.head_sum {
+            Some(sum) => sum.clone(),
+            None => view.probs.reshape((kv * g * t, len))?.to_dtype(DType::F32)?.sum(0)?,
+        };
         self.sum = Some(match self.sum.take() {
             Some(s) => (s + layer_sum)?,
             None => layer_sum,

@@ -16,7 +16,7 @@ fn bench_times_each_policy_at_each_context_and_writes_the_csv() {
     let out = kvbench()
         .args(["bench", "--model", "builtin:toy-chain", "--policies", "full,streamingllm,dynts"])
         .args(["--budget", "160", "--window", "32", "--ratio", "0.5", "--prompt", "32", "--context", "64,256"])
-        .args(["--steps", "8", "--batch", "2", "--bandwidth-gib", "0.02", "--out"])
+        .args(["--steps", "8", "--batch", "1,2", "--bandwidth-gib", "0.02", "--out"])
         .arg(&csv_path)
         .output()
         .unwrap();
@@ -28,12 +28,24 @@ fn bench_times_each_policy_at_each_context_and_writes_the_csv() {
         r[headers.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"))].to_string()
     };
     let num = |r: &csv::StringRecord, name: &str| -> f64 { col(r, name).parse().unwrap_or(f64::NAN) };
-    let keys: Vec<(String, String)> = rows.iter().map(|r| (col(r, "policy"), col(r, "context"))).collect();
-    let want: Vec<(String, String)> = ["full", "streamingllm", "dynts"]
+    let keys: Vec<(String, String, String)> =
+        rows.iter().map(|r| (col(r, "batch"), col(r, "policy"), col(r, "context"))).collect();
+    let want: Vec<(String, String, String)> = ["1", "2"]
         .iter()
-        .flat_map(|p| ["64", "256"].map(|c| (p.to_string(), c.to_string())))
+        .flat_map(|b| {
+            ["full", "streamingllm", "dynts"]
+                .iter()
+                .flat_map(move |p| ["64", "256"].map(|c| (b.to_string(), p.to_string(), c.to_string())))
+        })
         .collect();
     assert_eq!(keys, want);
+    // Decoding from one slot pool, a step issues the same kernels at batch 2 as at batch 1.
+    let (one, two) = rows.split_at(rows.len() / 2);
+    for (a, b) in one.iter().zip(two) {
+        assert_eq!(col(a, "ops_per_step"), col(b, "ops_per_step"), "{a:?} / {b:?}");
+        assert!(num(a, "ops_per_step") >= 4.0 * 15.0, "{a:?}");
+        assert_eq!(col(a, "decode"), "pool");
+    }
     for r in &rows {
         let (policy, ctx) = (col(r, "policy"), num(r, "context"));
         // A timed step at history h reads h cached tokens and its own: h + 1, for 8 steps from ctx.
@@ -55,7 +67,6 @@ fn bench_times_each_policy_at_each_context_and_writes_the_csv() {
             assert!(num(r, "prefill_tok_s") > 0.0 && num(r, "ttft_ms") > 0.0, "{r:?}");
         }
         assert!((0.0..1.0).contains(&num(r, "policy_share")), "{r:?}");
-        assert_eq!(col(r, "batch"), "2");
     }
     // The committed predictor drives dynts.
     let late = |p: &str| rows.iter().find(|r| col(r, "policy") == p && col(r, "context") == "256").unwrap();

@@ -16,6 +16,7 @@ mod oracle;
 mod plot;
 mod policies;
 mod resume;
+mod slots;
 mod smollm2;
 mod smollm2_policies;
 mod tokenizer_gguf;

@@ -79,7 +79,10 @@ impl Sim {
             for layer in 0..LAYERS {
                 let keys = self.cache.keys(layer).unwrap();
                 self.evictor
-                    .attention(0, &AttentionView { layer, probs: &probs, keys: &keys, queries: &queries })
+                    .attention(
+                        0,
+                        &AttentionView { layer, probs: &probs, keys: &keys, queries: &queries, head_sum: None },
+                    )
                     .unwrap();
             }
             self.attention_calls += 1;
