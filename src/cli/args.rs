@@ -329,8 +329,8 @@ pub struct RunArgs {
     /// Worker threads [default: 2].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Samples decoded together, stacked into one forward per step: consecutive jobs of the plan
-    /// form fixed groups (part of the plan, since stacking rounds differently) [default: 4].
+    /// Samples each worker decodes together: the slots of its cache pool, refilled as samples
+    /// finish (part of the plan: every step computes one row per slot) [default: 4].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Prompt tokens per prefill forward pass [default: 512].

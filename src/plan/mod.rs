@@ -36,9 +36,10 @@ pub struct Plan {
     pub prefill_chunk: usize,
     /// Importance-predictor weights for the `dynts` family (its hash goes into the manifest).
     pub predictor: Option<PathBuf>,
-    /// Samples decoded together: consecutive jobs of the plan form fixed groups. Stacked rows
-    /// round differently from single ones (≈ 1e-5 in the logits), so the grouping is part of the
-    /// plan and never depends on threads, shards or resumption.
+    /// Samples a worker decodes together: the slots of its cache pool, refilled as samples
+    /// finish. Every step computes a row per slot, and a product's rows round by how many there
+    /// are, so the count is part of the plan; which samples share a step is not (a row's numbers
+    /// do not depend on its neighbours), so neither threads, shards nor resumption change results.
     #[serde(default = "one")]
     pub batch: usize,
 }
