@@ -44,10 +44,19 @@ struct Mix {
     attended: Vec<u32>,
 }
 
-/// A CPU f32 tensor's elements from its start, and its strides.
-fn parts<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], Vec<usize>)> {
-    let all = s.as_slice::<f32>()?;
-    Ok((&all[l.start_offset()..], l.stride().to_vec()))
+/// The inputs of either product: the contiguous left operand's elements, and the pool view's
+/// elements from its start with its strides (its rows of `hd` must be dense).
+fn operands<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    hd: usize,
+) -> candle_core::Result<(&'a [f32], &'a [f32], Vec<usize>)> {
+    if !l1.is_contiguous() || l2.stride()[3] != 1 || l2.stride()[2] != hd {
+        candle_core::bail!("{op}: the left operand must be contiguous and the pool's rows dense");
+    }
+    let (a, b) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
+    Ok((&a[l1.start_offset()..], &b[l2.start_offset()..], l2.stride().to_vec()))
 }
 
 impl CustomOp2 for Scores {
@@ -64,11 +73,7 @@ impl CustomOp2 for Scores {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, kv, groups, hd) = l1.shape().dims4()?;
         let (_, _, padded, _) = l2.shape().dims4()?;
-        if !l1.is_contiguous() || l2.stride()[3] != 1 || l2.stride()[2] != hd {
-            candle_core::bail!("slot-scores: queries must be contiguous and key rows dense");
-        }
-        let (q, _) = parts(s1, l1)?;
-        let (k, ks) = parts(s2, l2)?;
+        let (q, k, ks) = operands(self.name(), (s1, l1), (s2, l2), hd)?;
         let simd = has_avx2_fma();
         let mut out = vec![0f32; rows * kv * groups * padded];
         out.par_chunks_mut(groups * padded).enumerate().for_each(|(rh, out)| {
@@ -96,11 +101,7 @@ impl CustomOp2 for Mix {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, kv, groups, padded) = l1.shape().dims4()?;
         let hd = l2.shape().dims4()?.3;
-        if !l1.is_contiguous() || l2.stride()[3] != 1 || l2.stride()[2] != hd {
-            candle_core::bail!("slot-mix: probabilities must be contiguous and value rows dense");
-        }
-        let (p, _) = parts(s1, l1)?;
-        let (v, vs) = parts(s2, l2)?;
+        let (p, v, vs) = operands(self.name(), (s1, l1), (s2, l2), hd)?;
         let simd = has_avx2_fma();
         let mut out = vec![0f32; rows * kv * groups * hd];
         out.par_chunks_mut(groups * hd).enumerate().for_each(|(rh, out)| {

@@ -217,8 +217,9 @@ impl Policy for Dynts {
         Ok(Some(Selection::Older(scores)))
     }
 
-    fn compacted(&mut self, kept: &[usize]) {
+    fn compacted(&mut self, kept: &[usize]) -> Result<()> {
         self.scores = kept.iter().map(|&i| self.scores[i]).collect();
+        Ok(())
     }
 }
 

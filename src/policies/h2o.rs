@@ -15,7 +15,7 @@
 
 use anyhow::Result;
 
-use super::scoring::{accumulate, older_part, StepAttention};
+use super::scoring::{older_part, DeviceScores, StepAttention};
 use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
 use crate::cache::observe::{AttentionView, ObserveRequest};
@@ -37,12 +37,12 @@ pub struct H2o {
     pub params: H2oParams,
     step: StepAttention,
     /// Per cached slot: the score the next eviction uses.
-    scores: Vec<f32>,
+    scores: DeviceScores,
 }
 
 impl H2o {
     pub fn new(params: H2oParams) -> Self {
-        Self { params, step: StepAttention::default(), scores: Vec::new() }
+        Self { params, step: StepAttention::default(), scores: DeviceScores::default() }
     }
 }
 
@@ -58,20 +58,21 @@ impl Policy for H2o {
     fn appended(&mut self, _cache: &KvCache, _fed: &[u32], _step: &StepInfo) -> Result<()> {
         if let Some(current) = self.step.take_mean()? {
             if self.params.cumulative {
-                accumulate(&mut self.scores, &current);
+                self.scores.add(current)?;
             } else {
-                self.scores = current;
+                self.scores.set(current);
             }
         }
         Ok(())
     }
 
     fn select(&mut self, cache: &KvCache, budget: &Budget) -> Result<Option<Selection>> {
-        let older = older_part(&self.scores, cache.len(), budget.window, "h2o")?;
+        let scores = self.scores.to_vec()?;
+        let older = older_part(&scores, cache.len(), budget.window, "h2o")?;
         Ok(older.map(|o| Selection::Older(o.to_vec())))
     }
 
-    fn compacted(&mut self, kept: &[usize]) {
-        self.scores = kept.iter().map(|&i| self.scores[i]).collect();
+    fn compacted(&mut self, kept: &[usize]) -> Result<()> {
+        self.scores.keep(kept)
     }
 }

@@ -86,7 +86,7 @@ impl Evictor {
         };
         let positions_before = cache.positions().map(|p| p.to_vec());
         cache.keep(&kept)?;
-        self.policy.compacted(&kept);
+        self.policy.compacted(&kept)?;
         self.stats.evictions += 1;
         if let Some((sink, sample)) = &self.trace {
             let kept_positions = match positions_before {

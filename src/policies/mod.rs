@@ -102,7 +102,9 @@ pub trait Policy: Send {
     /// What to keep; `None` keeps everything.
     fn select(&mut self, cache: &KvCache, budget: &Budget) -> Result<Option<Selection>>;
     /// The cache was compacted to `kept` (old slot indices, shared form): realign per-slot state.
-    fn compacted(&mut self, _kept: &[usize]) {}
+    fn compacted(&mut self, _kept: &[usize]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A family's hyper-parameters, resolved from its preset: shared by every sequence, they check

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 
-use super::scoring::{accumulate, max_pool1d, top_k_sorted, StepAttention};
+use super::scoring::{accumulate, max_pool1d, top_k_sorted, DeviceScores, StepAttention};
 use super::snapkv::in_observation_window;
 use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
@@ -110,7 +110,7 @@ pub struct Rkv {
     pub params: RkvParams,
     budget: Budget,
     step: StepAttention,
-    window_sum: Vec<f32>,
+    window_sum: DeviceScores,
     evicted_before: bool,
     /// `rkv-paper`: the last `ob_window` post-RoPE queries per layer, `[kv_heads, groups, 1, d]`.
     queries: Vec<VecDeque<Tensor>>,
@@ -122,7 +122,7 @@ impl Rkv {
             params,
             budget,
             step: StepAttention::default(),
-            window_sum: Vec::new(),
+            window_sum: DeviceScores::default(),
             evicted_before: false,
             queries: vec![VecDeque::new(); num_layers],
         }
@@ -134,7 +134,7 @@ impl Rkv {
             return Ok(None);
         }
         let older = len - budget.window;
-        let mut attn = std::mem::take(&mut self.window_sum);
+        let mut attn = self.window_sum.take()?;
         attn.resize(len, 0.0);
         let imp: Vec<f32> = attn[..older].iter().map(|a| a / self.params.ob_window as f32).collect();
         let imp = max_pool1d(&imp, self.params.max_pool_kernel_size);
@@ -215,7 +215,7 @@ impl Policy for Rkv {
 
     fn appended(&mut self, _cache: &KvCache, _fed: &[u32], _step: &StepInfo) -> Result<()> {
         if let Some(current) = self.step.take_mean()? {
-            accumulate(&mut self.window_sum, &current);
+            self.window_sum.add(current)?;
         }
         Ok(())
     }
@@ -236,9 +236,10 @@ impl Policy for Rkv {
         }
     }
 
-    fn compacted(&mut self, _kept: &[usize]) {
+    fn compacted(&mut self, _kept: &[usize]) -> Result<()> {
         self.evicted_before = true;
         self.window_sum.clear();
+        Ok(())
     }
 }
 

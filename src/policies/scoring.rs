@@ -6,8 +6,7 @@ use candle_core::{DType, Tensor};
 
 use crate::cache::observe::AttentionView;
 
-/// Accumulates one step's attention over layers, heads and queries on the device; one host copy
-/// per step at [`StepAttention::take_mean`].
+/// Accumulates one step's attention over layers, heads and queries on the device.
 #[derive(Default)]
 pub struct StepAttention {
     sum: Option<Tensor>,
@@ -32,15 +31,78 @@ impl StepAttention {
         Ok(())
     }
 
-    /// Ā for every key: the mean over layers and query heads, summed over the step's queries (one
-    /// query when decoding); then resets.
-    pub fn take_mean(&mut self) -> Result<Option<Vec<f32>>> {
+    /// Ā for every key, on the device: the mean over layers and query heads, summed over the
+    /// step's queries (one query when decoding); then resets.
+    pub fn take_mean(&mut self) -> Result<Option<Tensor>> {
         let Some(sum) = self.sum.take() else { return Ok(None) };
         let heads = std::mem::take(&mut self.heads) as f32;
-        let mut v: Vec<f32> = sum.to_vec1()?;
-        v.iter_mut().for_each(|x| *x /= heads);
-        Ok(Some(v))
+        // A true division, as on the host (a multiplication by 1/heads would round differently).
+        Ok(Some(sum.broadcast_div(&Tensor::new(heads, sum.device())?)?))
     }
+}
+
+/// Per-slot attention scores accumulated on the device across steps, read back only when a
+/// policy selects (one host copy per eviction, not per step).
+#[derive(Debug, Default)]
+pub struct DeviceScores {
+    sum: Option<Tensor>,
+}
+
+impl DeviceScores {
+    /// Adds `step` (f32, one entry per cached slot); either side may cover slots the other does
+    /// not yet: they count as zero (`F.pad(acc, (0, n))`).
+    pub fn add(&mut self, step: Tensor) -> Result<()> {
+        self.sum = Some(match self.sum.take() {
+            None => step,
+            Some(acc) => {
+                let n = acc.dim(0)?.max(step.dim(0)?);
+                (zero_padded(acc, n)? + zero_padded(step, n)?)?
+            }
+        });
+        Ok(())
+    }
+
+    /// Replaces the scores with `step`.
+    pub fn set(&mut self, step: Tensor) {
+        self.sum = Some(step);
+    }
+
+    pub fn clear(&mut self) {
+        self.sum = None;
+    }
+
+    /// The scores on the host (empty when none were added).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        Ok(match &self.sum {
+            Some(s) => s.to_vec1()?,
+            None => Vec::new(),
+        })
+    }
+
+    /// The scores on the host, and clears them.
+    pub fn take(&mut self) -> Result<Vec<f32>> {
+        let v = self.to_vec()?;
+        self.clear();
+        Ok(v)
+    }
+
+    /// Keeps the scores of the slots `kept` (old indices, increasing), as the cache did.
+    pub fn keep(&mut self, kept: &[usize]) -> Result<()> {
+        if let Some(s) = self.sum.take() {
+            let idx: Vec<u32> = kept.iter().map(|&i| i as u32).collect();
+            self.sum = Some(s.index_select(&Tensor::from_vec(idx, kept.len(), s.device())?, 0)?);
+        }
+        Ok(())
+    }
+}
+
+/// `t` followed by zeros up to `n` entries.
+fn zero_padded(t: Tensor, n: usize) -> Result<Tensor> {
+    let len = t.dim(0)?;
+    if len == n {
+        return Ok(t);
+    }
+    Ok(Tensor::cat(&[&t, &Tensor::zeros(n - len, t.dtype(), t.device())?], 0)?)
 }
 
 fn key(x: f32) -> f32 {
@@ -155,6 +217,26 @@ mod tests {
         // torch: F.avg_pool1d(t([[3,3,3]]), 3, 1, 1) → [2, 3, 2] (zero padding counted)
         assert_eq!(avg_pool1d(&[3., 3., 3.], 3), vec![2., 3., 2.]);
         assert_eq!(max_pool1d(&[-1., -2.], 7), vec![-1., -1.]);
+    }
+
+    /// On the device, the same numbers as on the host: padding, accumulation and compaction.
+    #[test]
+    fn device_scores_accumulate_as_the_host_does() {
+        let dev = candle_core::Device::Cpu;
+        let steps: Vec<Vec<f32>> = vec![vec![0.1, 0.7], vec![0.3, 0.2, 0.9], vec![0.25, 0.5, 0.125, 1.0 / 3.0]];
+        let (mut host, mut device) = (Vec::new(), DeviceScores::default());
+        for s in &steps {
+            accumulate(&mut host, s);
+            device.add(Tensor::new(s.as_slice(), &dev).unwrap()).unwrap();
+        }
+        assert_eq!(device.to_vec().unwrap(), host);
+        device.keep(&[0, 2, 3]).unwrap();
+        let kept: Vec<f32> = [0, 2, 3].iter().map(|&i| host[i]).collect();
+        assert_eq!(device.to_vec().unwrap(), kept);
+        // A shorter step leaves the later slots as they were.
+        device.add(Tensor::new(&[1f32], &dev).unwrap()).unwrap();
+        assert_eq!(device.take().unwrap(), vec![kept[0] + 1.0, kept[1], kept[2]]);
+        assert!(device.to_vec().unwrap().is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use anyhow::Result;
 
-use super::scoring::{accumulate, avg_pool1d, max_pool1d, StepAttention};
+use super::scoring::{avg_pool1d, max_pool1d, DeviceScores, StepAttention};
 use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
 use crate::cache::observe::{AttentionView, ObserveRequest};
@@ -61,7 +61,7 @@ pub struct SnapKv {
     pub params: SnapKvParams,
     step: StepAttention,
     /// Σ of Ā over the window so far, per cached slot (empty outside the window).
-    window_sum: Vec<f32>,
+    window_sum: DeviceScores,
     evicted_before: bool,
     observing: bool,
     budget: Budget,
@@ -72,7 +72,7 @@ impl SnapKv {
         Self {
             params,
             step: StepAttention::default(),
-            window_sum: Vec::new(),
+            window_sum: DeviceScores::default(),
             evicted_before: false,
             observing: false,
             budget,
@@ -92,7 +92,7 @@ impl Policy for SnapKv {
 
     fn appended(&mut self, _cache: &KvCache, _fed: &[u32], _step: &StepInfo) -> Result<()> {
         if let Some(current) = self.step.take_mean()? {
-            accumulate(&mut self.window_sum, &current);
+            self.window_sum.add(current)?;
             self.observing = true;
         }
         Ok(())
@@ -103,7 +103,7 @@ impl Policy for SnapKv {
         if len <= budget.window {
             return Ok(None);
         }
-        let mut scores = std::mem::take(&mut self.window_sum);
+        let mut scores = self.window_sum.take()?;
         scores.resize(len, 0.0); // a window shorter than the cache (long prompts) scores 0
         scores.truncate(len - budget.window);
         let scores = match self.params.pooling {
@@ -114,10 +114,11 @@ impl Policy for SnapKv {
         Ok(Some(Selection::Older(scores)))
     }
 
-    fn compacted(&mut self, _kept: &[usize]) {
+    fn compacted(&mut self, _kept: &[usize]) -> Result<()> {
         self.evicted_before = true;
         self.observing = false;
         self.window_sum.clear();
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! A sweep killed with SIGKILL at random moments and resumed ends with the same samples and the
 //! same summary (timing columns excepted) as an uninterrupted run, and so do three shards merged;
-//! a folder written by another plan is refused; a torn last line is repaired. Samples are decoded
-//! in groups of three (`--batch 3`), so resumption re-forms partly finished groups. Uses a tiny
+//! a folder written by another plan is refused; a torn last line is repaired. Each worker decodes
+//! three samples at a time (`--batch 3`, slots refilled as samples finish), so a resumed sample
+//! has other neighbours than it had before, as it has with another number of threads. Uses a tiny
 //! random model so it runs in seconds.
 
 use crate::common;
@@ -126,6 +127,29 @@ fn killed_and_resumed_equals_uninterrupted() {
     // Running again does nothing new.
     let again = run(&args(&model, &data, &out, "24"));
     assert!(String::from_utf8_lossy(&again.stderr).contains("ran 0 samples"));
+}
+
+/// One worker or two (each with its own slot pool and share of the queue): the same samples; the
+/// run reports how busy the slots were, on screen and in the manifest.
+#[test]
+fn threads_do_not_change_results() {
+    let (root, model, data) = setup("threads");
+    let (one, two) = (root.join("one"), root.join("two"));
+    let mut a = args(&model, &data, &one, "24");
+    a.extend(["--threads", "1"]);
+    let single = run(&a);
+    assert!(single.status.success(), "{}", String::from_utf8_lossy(&single.stderr));
+    let mut a = args(&model, &data, &two, "24");
+    a.extend(["--threads", "2"]);
+    let double = run(&a);
+    assert!(double.status.success(), "{}", String::from_utf8_lossy(&double.stderr));
+    assert_eq!(samples(&one), samples(&two));
+    assert!(String::from_utf8_lossy(&double.stderr).contains("% busy"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(two.join("manifest.json")).unwrap()).unwrap();
+    let occupancy = manifest["slot_occupancy"].as_f64().expect("slot_occupancy recorded");
+    assert!(occupancy > 0.5 && occupancy <= 1.0, "{occupancy}");
+    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
