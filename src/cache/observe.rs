@@ -5,6 +5,8 @@
 //! CPU than candle's fused kernel), so handing them out costs nothing; with no observer attached
 //! (`None`) the forward pass does no extra work at all.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -34,6 +36,12 @@ pub struct AttentionView<'a> {
     pub head_sum: Option<&'a Tensor>,
 }
 
+/// A small model over final hidden states (DynTS's importance predictor): `[rows, hidden]` in,
+/// one value per row `[rows]` out. A batched decode step runs each one once for all its rows.
+pub trait RowHead: Send + Sync {
+    fn forward(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+}
+
 pub trait Observer {
     fn request(&self) -> ObserveRequest;
 
@@ -45,6 +53,18 @@ pub trait Observer {
     /// Called once per step with the final hidden states `[t, hidden]` of sequence `seq`'s input
     /// tokens, when `request().hidden`.
     fn hidden(&mut self, _seq: usize, _hidden: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// The head sequence `seq` applies to its last hidden state this step, when it asked for
+    /// `hidden`: a batched step then runs the head over all rows at once and calls
+    /// [`Observer::head_output`] instead of [`Observer::hidden`].
+    fn row_head(&self, _seq: usize) -> Option<Arc<dyn RowHead>> {
+        None
+    }
+
+    /// The head's output for sequence `seq`'s row, `[1]`.
+    fn head_output(&mut self, _seq: usize, _out: &Tensor) -> Result<()> {
         Ok(())
     }
 }

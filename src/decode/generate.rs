@@ -1,13 +1,14 @@
 //! Generation for one sequence: chunked prefill, then one token per step until a stop token or
 //! the token limit. A [`CacheHook`] (an eviction policy) sees every step and may compact the cache.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 
 use super::sampling::{argmax_rows, sample, SamplingParams};
-use crate::cache::observe::{AttentionView, CacheHook, ObserveRequest, Observer};
+use crate::cache::observe::{AttentionView, CacheHook, ObserveRequest, Observer, RowHead};
 use crate::cache::KvCache;
 use crate::model::{SeqStep, Transformer};
 use crate::rng::Rng;
@@ -180,6 +181,20 @@ impl Observer for BatchObserver<'_, '_> {
     fn hidden(&mut self, seq: usize, hidden: &Tensor) -> Result<()> {
         match &mut self.hooks[seq] {
             Some(h) if self.requests[seq].hidden => h.hidden(0, hidden),
+            _ => Ok(()),
+        }
+    }
+
+    fn row_head(&self, seq: usize) -> Option<Arc<dyn RowHead>> {
+        match &self.hooks[seq] {
+            Some(h) if self.requests[seq].hidden => h.row_head(0),
+            _ => None,
+        }
+    }
+
+    fn head_output(&mut self, seq: usize, out: &Tensor) -> Result<()> {
+        match &mut self.hooks[seq] {
+            Some(h) if self.requests[seq].hidden => h.head_output(0, out),
             _ => Ok(()),
         }
     }

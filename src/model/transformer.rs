@@ -12,6 +12,8 @@
 //! when every sequence decodes one token from a slot of one [`SlotPool`], attention runs once per
 //! layer for the whole pool (a fixed number of ops per step, whatever the batch).
 
+use std::sync::Arc;
+
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
@@ -20,7 +22,7 @@ use super::config::{Arch, ModelConfig};
 use super::ledger::op;
 use super::linear::Proj;
 use super::slot_attention;
-use crate::cache::observe::{AttentionView, Observer};
+use crate::cache::observe::{AttentionView, Observer, RowHead};
 use crate::cache::pool::{PoolTensors, SlotPool, CONTEXT_BUCKET};
 use crate::cache::KvCache;
 
@@ -425,8 +427,23 @@ impl Transformer {
         op("rms_norm", &hidden);
         if request.hidden {
             if let Some(obs) = observer {
+                // Each row head once over every row (a fixed row count, so batch-invariant).
+                let mut heads: Vec<(Arc<dyn RowHead>, Tensor)> = Vec::new();
                 for (si, &slot) in slot_of.iter().enumerate() {
-                    obs.hidden(si, &hidden.narrow(0, slot, 1)?)?;
+                    let Some(head) = obs.row_head(si) else {
+                        obs.hidden(si, &hidden.narrow(0, slot, 1)?)?;
+                        continue;
+                    };
+                    let out = match heads.iter().find(|(h, _)| Arc::ptr_eq(h, &head)) {
+                        Some((_, out)) => out.clone(),
+                        None => {
+                            let out = head.forward(&hidden)?;
+                            op("row_head", &out);
+                            heads.push((head, out.clone()));
+                            out
+                        }
+                    };
+                    obs.head_output(si, &out.narrow(0, slot, 1)?)?;
                 }
             }
         }
@@ -534,16 +551,12 @@ impl Transformer {
 /// The pool whose slots hold every sequence's cache, when each feeds one token at its next
 /// position over its whole cache (a decode step) and no two share a slot: then one batched step
 /// serves them all.
-fn shared_pool(seqs: &[SeqStep<'_>]) -> Option<std::sync::Arc<PoolTensors>> {
+fn shared_pool(seqs: &[SeqStep<'_>]) -> Option<Arc<PoolTensors>> {
     let first = seqs.first()?.cache.slot()?.pool.clone();
     let mut seen = vec![false; first.slots];
     for s in seqs {
         let slot = s.cache.slot()?;
-        if s.tokens.len() != 1
-            || s.positions.is_some()
-            || s.visible.is_some()
-            || !std::sync::Arc::ptr_eq(&slot.pool, &first)
-        {
+        if s.tokens.len() != 1 || s.positions.is_some() || s.visible.is_some() || !Arc::ptr_eq(&slot.pool, &first) {
             return None;
         }
         if std::mem::replace(&mut seen[slot.index], true) {

@@ -23,7 +23,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::{Budget, Policy, PolicyContext, PolicyParams, Selection, StepInfo};
 use crate::cache::KvCache;
-use crate::cache::observe::ObserveRequest;
+use crate::cache::observe::{ObserveRequest, RowHead};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +77,12 @@ pub struct ImportancePredictor {
 pub fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
     // log(1 + e^x) = max(x, 0) + log(1 + e^{−|x|}), stable for large |x|.
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+impl RowHead for ImportancePredictor {
+    fn forward(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        ImportancePredictor::forward(self, hidden)
+    }
 }
 
 impl ImportancePredictor {
@@ -178,6 +184,15 @@ impl Policy for Dynts {
             let t = hidden.dim(0)?;
             self.prediction = Some(ip.forward(&hidden.narrow(0, t - 1, 1)?)?);
         }
+        Ok(())
+    }
+
+    fn row_head(&self) -> Option<Arc<dyn RowHead>> {
+        self.predictor.clone().map(|p| p as Arc<dyn RowHead>)
+    }
+
+    fn head_output(&mut self, out: &Tensor) -> Result<()> {
+        self.prediction = Some(out.clone());
         Ok(())
     }
 

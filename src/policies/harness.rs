@@ -1,6 +1,7 @@
 //! The harness: runs one policy on one sequence as a [`CacheHook`], owning the trigger, the top-k
 //! of scored selections, compaction, statistics and the trace (the rules are in the module above).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
@@ -8,7 +9,7 @@ use candle_core::Tensor;
 
 use super::trace::{TraceEvent, TraceSink};
 use super::{scoring, Budget, Policy, Selection, StepInfo};
-use crate::cache::observe::{AttentionView, CacheHook, ObserveRequest, Observer};
+use crate::cache::observe::{AttentionView, CacheHook, ObserveRequest, Observer, RowHead};
 use crate::cache::{KvCache, SlotMap};
 
 /// Counters of one sequence's evictions.
@@ -123,6 +124,14 @@ impl Observer for Evictor {
         let r = self.policy.hidden(hidden);
         self.stats.policy_secs += t.elapsed().as_secs_f64();
         r
+    }
+
+    fn row_head(&self, _seq: usize) -> Option<Arc<dyn RowHead>> {
+        self.policy.row_head()
+    }
+
+    fn head_output(&mut self, _seq: usize, out: &Tensor) -> Result<()> {
+        self.policy.head_output(out)
     }
 }
 

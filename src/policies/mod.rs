@@ -51,7 +51,7 @@ pub use budget::{parse_tokens, Budget};
 pub use harness::{EvictionStats, Evictor};
 pub use registry::PolicySpec;
 
-use crate::cache::observe::{AttentionView, ObserveRequest};
+use crate::cache::observe::{AttentionView, ObserveRequest, RowHead};
 use crate::cache::KvCache;
 use crate::rng::Rng;
 use dynts::ImportancePredictor;
@@ -89,6 +89,15 @@ pub trait Policy: Send {
         Ok(())
     }
     fn hidden(&mut self, _hidden: &Tensor) -> Result<()> {
+        Ok(())
+    }
+    /// The head to run over this step's last hidden state instead of [`Policy::hidden`], so that
+    /// a batched step runs it once for every row.
+    fn row_head(&self) -> Option<Arc<dyn RowHead>> {
+        None
+    }
+    /// The output `[1]` of [`Policy::row_head`] on this sequence's last hidden state.
+    fn head_output(&mut self, _out: &Tensor) -> Result<()> {
         Ok(())
     }
     /// After each forward, before any eviction: `fed` were appended to `cache`.
