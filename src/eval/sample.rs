@@ -91,8 +91,8 @@ fn effective_budget(spec: &PolicySpec, budget: Option<Budget>) -> Result<Budget>
 /// Cache entries a sample needs at most: full-cache runs hold prompt + generation; budgeted ones
 /// B + 1 (the step that triggers) or the prompt, plus a prefill chunk appended before pruning.
 pub fn cache_capacity(spec: &PolicySpec, budget: Option<Budget>, prompt_len: usize, params: &GenerateParams) -> usize {
-    match effective_budget(spec, budget) {
-        Ok(b) if spec.evicts() => b.budget.max(prompt_len) + params.prefill_chunk + 1,
+    match budget {
+        Some(b) if spec.evicts() => b.budget.max(prompt_len) + params.prefill_chunk + 1,
         _ => prompt_len + params.max_new_tokens,
     }
 }

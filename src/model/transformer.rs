@@ -12,8 +12,6 @@
 //! when every sequence decodes one token from a slot of one [`SlotPool`], attention runs once per
 //! layer for the whole pool (a fixed number of ops per step, whatever the batch).
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
@@ -21,10 +19,13 @@ use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use super::config::{Arch, ModelConfig};
 use super::ledger::op;
 use super::linear::Proj;
-use super::slot_attention;
-use crate::cache::observe::{AttentionView, Observer, RowHead};
-use crate::cache::pool::{PoolTensors, SlotPool, CONTEXT_BUCKET};
+use crate::cache::observe::{AttentionView, Observer};
+use crate::cache::pool::SlotPool;
 use crate::cache::KvCache;
+
+mod slot_step;
+
+use slot_step::shared_pool;
 
 /// Positions the RoPE table holds at most: a reasoning trace's prompt and 16k generated tokens fit,
 /// a million-token context's table would not be worth its memory (later positions are computed).
@@ -202,6 +203,7 @@ impl Transformer {
     /// Feeds each sequence's tokens, appends their K/V to its cache, and returns the logits of
     /// each sequence's last token, `[n_seqs, vocab]`.
     pub fn forward(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        self.check_tokens(seqs)?;
         if let Some(pool) = shared_pool(seqs) {
             return self.forward_slots(seqs, &pool, observer);
         }
@@ -214,6 +216,7 @@ impl Transformer {
 
     /// Like [`Transformer::forward`], but returns the logits of every fed token, `[Σt, vocab]`.
     pub fn forward_all_logits(&self, seqs: &mut [SeqStep<'_>], observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        self.check_tokens(seqs)?;
         if let Some(pool) = shared_pool(seqs) {
             return self.forward_slots(seqs, &pool, observer);
         }
@@ -221,8 +224,8 @@ impl Transformer {
         self.lm_head.forward(&hidden)
     }
 
-    /// Runs the blocks and the final norm; returns the final hidden states `[Σt, hidden]`.
-    fn forward_hidden(&self, seqs: &mut [SeqStep<'_>], mut observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+    /// Every sequence feeds at least one token, each inside the vocabulary.
+    fn check_tokens(&self, seqs: &[SeqStep<'_>]) -> Result<()> {
         ensure!(!seqs.is_empty(), "forward needs at least one sequence");
         for (i, s) in seqs.iter().enumerate() {
             ensure!(!s.tokens.is_empty(), "sequence {i} has no tokens to feed");
@@ -230,6 +233,11 @@ impl Transformer {
                 anyhow::bail!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size);
             }
         }
+        Ok(())
+    }
+
+    /// Runs the blocks and the final norm; returns the final hidden states `[Σt, hidden]`.
+    fn forward_hidden(&self, seqs: &mut [SeqStep<'_>], mut observer: Option<&mut dyn Observer>) -> Result<Tensor> {
         let request = observer.as_ref().map(|o| o.request()).unwrap_or_default();
         let offsets = row_offsets(seqs);
         let mut all_tokens = Vec::new();
@@ -265,9 +273,7 @@ impl Transformer {
                 &mut observer,
                 request.attention,
             )?;
-            x = (x + attn)?;
-            op("add", &x);
-            x = self.mlp(block, x)?;
+            x = self.block_tail(block, x, attn)?;
         }
         let hidden = self.norm.forward(&x)?;
         op("rms_norm", &hidden);
@@ -287,8 +293,10 @@ impl Transformer {
         Ok(hidden)
     }
 
-    /// The second half of a block: `x + mlp(norm(x))`.
-    fn mlp(&self, block: &Block, x: Tensor) -> Result<Tensor> {
+    /// The rest of a block after its attention: the residual `x + attn`, then `x + mlp(norm(x))`.
+    fn block_tail(&self, block: &Block, x: Tensor, attn: Tensor) -> Result<Tensor> {
+        let x = (x + attn)?;
+        op("add", &x);
         let h = block.post_attention_layernorm.forward(&x)?;
         op("rms_norm", &h);
         let m = &block.mlp;
@@ -302,163 +310,6 @@ impl Transformer {
         let x = (x + mlp)?;
         op("add", &x);
         Ok(x)
-    }
-
-    /// One decode step for sequences that each feed one token from a slot of `pool`: every slot
-    /// is a row (a free slot decodes a dummy token into its scratch entry), so the ops, their
-    /// shapes and each row's numbers are the same whichever slots are busy; attention covers the
-    /// longest row rounded up to [`CONTEXT_BUCKET`], shorter rows masked. Returns the logits of
-    /// `seqs` in their order.
-    fn forward_slots(
-        &self,
-        seqs: &mut [SeqStep<'_>],
-        pool: &PoolTensors,
-        mut observer: Option<&mut dyn Observer>,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (rows, width, dev) = (pool.slots, pool.width, &self.device);
-        let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
-        let groups = nh / nkv;
-        let request = observer.as_ref().map(|o| o.request()).unwrap_or_default();
-        let mut tokens = vec![0u32; rows];
-        let mut positions = vec![0u32; rows];
-        // Keys each row attends to (≥ 1, so a free row's softmax stays finite) and where it writes.
-        let mut attended = vec![1u32; rows];
-        let mut write_at = vec![pool.capacity; rows];
-        let mut slot_of = Vec::with_capacity(seqs.len());
-        for s in seqs.iter_mut() {
-            let slot = s.cache.slot().expect("shared_pool checked every cache").index;
-            ensure!((s.tokens[0] as usize) < cfg.vocab_size, "token id {} is outside the vocabulary", s.tokens[0]);
-            let pos = s.cache.begin_append(s.tokens, None)?;
-            let len = s.cache.len();
-            (tokens[slot], positions[slot], attended[slot], write_at[slot]) =
-                (s.tokens[0], pos[0], len as u32 + 1, len);
-            slot_of.push(slot);
-        }
-        let longest = *attended.iter().max().expect("a pool has slots") as usize;
-        let padded = longest.div_ceil(CONTEXT_BUCKET) * CONTEXT_BUCKET;
-        // Per step, shared by all layers: the additive length mask and the K/V write index.
-        let mask = {
-            let attended = Tensor::from_slice(&attended, (rows, 1), dev)?;
-            let cols = Tensor::arange(0u32, padded as u32, dev)?;
-            op("arange", &cols);
-            let visible = cols.broadcast_lt(&attended)?;
-            op("lt", &visible);
-            let zero = Tensor::zeros((), self.dtype, dev)?.broadcast_as((rows, padded))?;
-            let hidden =
-                Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(self.dtype)?.broadcast_as((rows, padded))?;
-            let mask = visible.where_cond(&zero, &hidden)?;
-            op("where", &mask);
-            mask.reshape((rows, 1, 1, padded))?
-        };
-        let index: Vec<u32> =
-            (0..rows * nkv).flat_map(|r| std::iter::repeat_n(((r * width) + write_at[r / nkv]) as u32, hd)).collect();
-        let index = Tensor::from_vec(index, (rows * nkv, hd), dev)?;
-        let ids = Tensor::from_vec(tokens, rows, dev)?;
-        let (cos, sin) = self.rope_tables(&positions)?;
-        let (cos, sin) = (cos.reshape((rows, 1, hd / 2))?, sin.reshape((rows, 1, hd / 2))?);
-        let scale = 1.0 / (hd as f64).sqrt();
-
-        let mut x = self.embed_tokens.forward(&ids)?;
-        op("embedding", &x);
-        for (li, block) in self.layers.iter().enumerate() {
-            let a = &block.self_attn;
-            let h = block.input_layernorm.forward(&x)?;
-            op("rms_norm", &h);
-            let qkv = a.qkv_proj.forward(&h)?;
-            let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((rows, nh, hd))?;
-            op("copy", &q);
-            let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((rows, nkv, hd))?;
-            op("copy", &k);
-            let v = qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?.reshape((rows * nkv, hd))?;
-            op("copy", &v);
-            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-                q = qn.forward(&q)?;
-                op("rms_norm", &q);
-                k = kn.forward(&k)?;
-                op("rms_norm", &k);
-            }
-            let q = candle_nn::rotary_emb::rope(&q.unsqueeze(2)?, &cos, &sin)?.reshape((rows, nkv, groups, hd))?;
-            op("rope", &q);
-            let k = candle_nn::rotary_emb::rope(&k.unsqueeze(2)?, &cos, &sin)?.reshape((rows * nkv, hd))?;
-            op("rope", &k);
-            let (pk, pv) = (&pool.k[li], &pool.v[li]);
-            pk.reshape((rows * nkv * width, hd))?.scatter_set(&index, &k, 0)?;
-            op("scatter", pk);
-            pv.reshape((rows * nkv * width, hd))?.scatter_set(&index, &v, 0)?;
-            op("scatter", pv);
-            let (keys, values) = (pk.narrow(2, 0, padded)?, pv.narrow(2, 0, padded)?);
-            let scores = slot_attention::scores(&q, &keys, &attended, scale)?;
-            op("scores", &scores);
-            let scores = scores.broadcast_add(&mask)?;
-            op("add", &scores);
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            op("softmax", &probs);
-            if request.attention {
-                if let Some(obs) = observer.as_deref_mut() {
-                    // Summed over heads for every row at once (f32 first: CUDA sums bf16 in bf16).
-                    let sums = probs.to_dtype(DType::F32)?.reshape((rows, nh, padded))?.sum(1)?;
-                    op("sum", &sums);
-                    for (si, &slot) in slot_of.iter().enumerate() {
-                        let len = seqs[si].cache.len() + 1;
-                        let probs = probs.get(slot)?.narrow(2, 0, len)?.unsqueeze(2)?;
-                        let keys = keys.get(slot)?.narrow(1, 0, len)?;
-                        let queries = q.get(slot)?.unsqueeze(2)?;
-                        let head_sum = sums.get(slot)?.narrow(0, 0, len)?;
-                        let view = AttentionView {
-                            layer: li,
-                            probs: &probs,
-                            keys: &keys,
-                            queries: &queries,
-                            head_sum: Some(&head_sum),
-                        };
-                        obs.attention(si, &view)?;
-                    }
-                }
-            }
-            let out = slot_attention::mix(&probs, &values, &attended)?;
-            op("mix", &out);
-            let attn = a.o_proj.forward(&out.reshape((rows, nh * hd))?)?;
-            x = (x + attn)?;
-            op("add", &x);
-            x = self.mlp(block, x)?;
-        }
-        let hidden = self.norm.forward(&x)?;
-        op("rms_norm", &hidden);
-        if request.hidden {
-            if let Some(obs) = observer {
-                // Each row head once over every row (a fixed row count, so batch-invariant).
-                let mut heads: Vec<(Arc<dyn RowHead>, Tensor)> = Vec::new();
-                for (si, &slot) in slot_of.iter().enumerate() {
-                    let Some(head) = obs.row_head(si) else {
-                        obs.hidden(si, &hidden.narrow(0, slot, 1)?)?;
-                        continue;
-                    };
-                    let out = match heads.iter().find(|(h, _)| Arc::ptr_eq(h, &head)) {
-                        Some((_, out)) => out.clone(),
-                        None => {
-                            let out = head.forward(&hidden)?;
-                            op("row_head", &out);
-                            heads.push((head, out.clone()));
-                            out
-                        }
-                    };
-                    obs.head_output(si, &out.narrow(0, slot, 1)?)?;
-                }
-            }
-        }
-        for s in seqs.iter_mut() {
-            let position = s.cache.next_position();
-            s.cache.commit(s.tokens, &[position])?;
-        }
-        // Every row through lm_head (a product's rows do not depend on how many there are only
-        // when their number is fixed), then the rows of `seqs`.
-        let logits = self.lm_head.forward(&hidden)?;
-        let n = slot_of.len();
-        let slot_of: Vec<u32> = slot_of.into_iter().map(|s| s as u32).collect();
-        let logits = logits.index_select(&Tensor::from_vec(slot_of, n, dev)?, 0)?;
-        op("select", &logits);
-        Ok(logits)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -546,24 +397,6 @@ impl Transformer {
         op("copy", &out);
         a.o_proj.forward(&out)
     }
-}
-
-/// The pool whose slots hold every sequence's cache, when each feeds one token at its next
-/// position over its whole cache (a decode step) and no two share a slot: then one batched step
-/// serves them all.
-fn shared_pool(seqs: &[SeqStep<'_>]) -> Option<Arc<PoolTensors>> {
-    let first = seqs.first()?.cache.slot()?.pool.clone();
-    let mut seen = vec![false; first.slots];
-    for s in seqs {
-        let slot = s.cache.slot()?;
-        if s.tokens.len() != 1 || s.positions.is_some() || s.visible.is_some() || !Arc::ptr_eq(&slot.pool, &first) {
-            return None;
-        }
-        if std::mem::replace(&mut seen[slot.index], true) {
-            return None;
-        }
-    }
-    Some(first)
 }
 
 /// `(row offset, token count)` of each sequence in the stacked rows.
