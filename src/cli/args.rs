@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::defaults;
 use crate::decode::sampling::SamplingParams;
-use crate::model::source::{LoadOptions, ModelSource, BUILTIN_DIR};
+use crate::model::source::{LoadOptions, ModelSource, WeightFormat, BUILTIN_DIR};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,6 +114,10 @@ pub struct DyntsCollectArgs {
     /// Compute dtype: f32, bf16 or f16 [default: f32 on CPU, bf16 on GPU].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// With --solutions: a GGUF's quantized weights `dequantized` or kept `native` (with --run,
+    /// the run's plan decides).
+    #[arg(long, value_enum, default_value_t)]
+    pub weights: WeightFormat,
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +282,11 @@ pub struct RunArgs {
     /// Compute dtype: f32, bf16 or f16 [default: f32 on CPU, bf16 on GPU].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// A GGUF's quantized weights: `dequantized` to the dtype at load (parity with HF
+    /// transformers), or kept `native` and multiplied quantized, inputs in 8 bits (llama.cpp's
+    /// arithmetic, ≈ 4× fewer bytes per token) [default: dequantized].
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightFormat>,
     /// Datasets, comma-separated (see datasets/*.toml) [default: gsm8k].
     #[arg(long, value_delimiter = ',')]
     pub datasets: Option<Vec<String>>,
@@ -423,6 +432,10 @@ pub struct ModelArgs {
     /// Compute dtype: f32, bf16 or f16. Default: f32 on CPU (bf16 matmuls are slow there), bf16 on GPU.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// A GGUF's quantized weights: `dequantized` at load (parity with HF transformers) or kept
+    /// `native` (multiplied quantized, inputs in 8 bits).
+    #[arg(long, value_enum, default_value_t)]
+    pub weights: WeightFormat,
 }
 
 impl ModelArgs {
@@ -431,13 +444,13 @@ impl ModelArgs {
     }
 
     pub fn load_options(&self) -> Result<LoadOptions> {
-        load_options(&self.device, self.dtype.as_deref())
+        load_options(&self.device, self.dtype.as_deref(), self.weights)
     }
 }
 
 /// The device and dtype from their flags; creating a CUDA device is the first GPU work, so it
 /// happens after planning.
-pub fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
+pub fn load_options(device: &str, dtype: Option<&str>, weights: WeightFormat) -> Result<LoadOptions> {
     let device = match device {
         "cpu" => Device::Cpu,
         d if d == "cuda" || d.starts_with("cuda:") => {
@@ -457,7 +470,7 @@ pub fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
         Some("f16") => DType::F16,
         Some(other) => bail!("--dtype must be f32, bf16 or f16, got '{other}'"),
     };
-    Ok(LoadOptions { device, dtype })
+    Ok(LoadOptions { device, dtype, weights })
 }
 
 /// Sampling flags shared by every decoding command.

@@ -46,7 +46,7 @@ fn cmd_dynts_collect(args: super::args::DyntsCollectArgs) -> Result<u8> {
         _ => anyhow::bail!("give --run DIR, or --solutions DATASET with --model"),
     };
     let data_dir = crate::data::data_dir(args.data_dir.as_deref());
-    let load = super::args::load_options(&args.device, args.dtype.as_deref())?;
+    let load = super::args::load_options(&args.device, args.dtype.as_deref(), args.weights)?;
     let s = crate::dynts::collect::collect(&source, &args.out, &data_dir, &load)?;
     println!(
         "wrote {}: {} traces of {} ({} skipped for their structure; {} questions left out as an \
@@ -228,7 +228,7 @@ fn cmd_run(args: RunArgs) -> Result<u8> {
     if args.dry_run {
         return Ok(0);
     }
-    let load = super::args::load_options(&setup.device, setup.dtype.as_deref())?;
+    let load = super::args::load_options(&setup.device, setup.dtype.as_deref(), setup.weights)?;
     let mut summaries = Vec::new();
     for (r, jobs) in setup.runs.iter().zip(expanded) {
         let cfg = RunConfig {

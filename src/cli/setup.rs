@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::args::RunArgs;
 use super::defaults;
 use crate::decode::sampling::SamplingParams;
-use crate::model::source::{ModelSource, BUILTIN_NAME};
+use crate::model::source::{ModelSource, WeightFormat, BUILTIN_NAME};
 use crate::plan::experiment::{BudgetRule, Experiment, OneOrMany, Tokens};
 use crate::plan::{policy_names, Plan, Shard};
 use crate::policies::{parse_tokens, Budget};
@@ -33,6 +33,7 @@ pub struct RunSetup {
     pub data_dir: PathBuf,
     pub device: String,
     pub dtype: Option<String>,
+    pub weights: WeightFormat,
     pub threads: usize,
     pub shard: Option<Shard>,
 }
@@ -103,9 +104,13 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
             if exp_name.is_empty() { format!("{}-{}", model_slug(&models[0]), datasets.join("+")) } else { exp_name };
         PathBuf::from("results").join(name)
     });
+    let weights = args.weights.or(exp.weights).unwrap_or_default();
     let mut runs = Vec::new();
     for model in &models {
         let source = ModelSource::parse(model)?;
+        if weights == WeightFormat::Native && !matches!(source, ModelSource::Gguf { .. }) {
+            bail!("--weights native needs a GGUF model; {model} has no quantized weights");
+        }
         let mut budgets = BTreeMap::new();
         for d in &datasets {
             let mut list = Vec::new();
@@ -140,6 +145,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
             prefill_chunk: args.prefill_chunk.or(exp.prefill_chunk).unwrap_or(defaults::PREFILL_CHUNK),
             predictor,
             batch,
+            weights,
         };
         let mut out = if models.len() > 1 { base.join(model_slug(model)) } else { base.clone() };
         if let Some(s) = shard {
@@ -153,6 +159,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         data_dir: crate::data::data_dir(args.data_dir.as_deref()),
         device: args.device.clone().or(exp.device.clone()).unwrap_or_else(|| defaults::DEVICE.into()),
         dtype: args.dtype.clone().or(exp.dtype.clone()),
+        weights,
         threads,
         shard,
     })

@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const DEFINITIONS: [(&str, &str); 10] = [
+const DEFINITIONS: [(&str, &str); 11] = [
     ("gsm8k", include_str!("../../datasets/gsm8k.toml")),
+    ("gsm8k-train", include_str!("../../datasets/gsm8k-train.toml")),
     ("math500", include_str!("../../datasets/math500.toml")),
     ("aime24", include_str!("../../datasets/aime24.toml")),
     ("aime25", include_str!("../../datasets/aime25.toml")),
@@ -222,7 +223,16 @@ mod tests {
     #[test]
     fn every_definition_parses() {
         let defs = definitions().unwrap();
-        assert_eq!(defs.len(), 10);
+        // Every file of datasets/ is embedded, under its own name.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().to_string())
+            .collect();
+        files.sort();
+        let mut names: Vec<String> = defs.iter().map(|d| d.name.clone()).collect();
+        names.sort();
+        assert_eq!(names, files);
         assert!(definition("nope").unwrap_err().to_string().contains("unknown dataset 'nope'"));
     }
 

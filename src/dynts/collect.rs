@@ -233,7 +233,9 @@ fn run_traces(run: &Path, data_dir: &Path, load: &LoadOptions) -> Result<Candida
         "{} has no correct full-cache sample to learn from (run it with --policies full)",
         run.display()
     );
-    let lm = crate::model::load(&ModelSource::parse(&plan.model)?, load)?;
+    // Replayed in the run's arithmetic.
+    let load = LoadOptions { weights: plan.weights, ..load.clone() };
+    let lm = crate::model::load(&ModelSource::parse(&plan.model)?, &load)?;
     let (open, close) =
         think_tokens(&lm).context("the model's tokenizer has no <think>/</think> tokens to split a run's traces at")?;
     let mut questions = HashMap::new();

@@ -8,9 +8,16 @@
 //!
 //! Each output is one dot product summed in a fixed order by one task, so results do not depend
 //! on the number of threads.
+//!
+//! A weight may instead stay GGML-quantized as the GGUF holds it (`--weights native`): it is
+//! multiplied with candle's quantized matmul, which quantizes the input rows to 8 bits and reads
+//! 4–6 bits per weight, a quarter of the dequantized path's bytes.
 
-use anyhow::Result;
-use candle_core::{DType, Layout, Module, Storage, Tensor, D};
+use std::sync::Arc;
+
+use anyhow::{ensure, Result};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::{DType, Device, Layout, Module, Storage, Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
@@ -22,11 +29,24 @@ const MIN_WEIGHT_ELEMS: usize = 1 << 16;
 /// f32 lanes of the portable dot product's independent accumulators (vectorised by the compiler).
 const LANES: usize = 16;
 
+/// A projection's weight `[out, in]` as loaded: dense, or GGML-quantized.
+#[derive(Clone)]
+pub enum Weight {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
 /// A Linear layer `y = x Wᵀ + b` with `W: [out, in]`.
 pub struct Proj {
-    inner: Linear,
-    /// Whether the threaded path may be taken (CPU, f32, a contiguous weight large enough).
-    threaded: bool,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A dense weight; the threaded path may be taken (CPU, f32, a contiguous weight large enough).
+    Dense { inner: Linear, threaded: bool },
+    /// Quantized weights stacked by output row, one part per run of equal GGML types, and the
+    /// stacked bias.
+    Quantized { parts: Vec<QMatMul>, bias: Option<Tensor> },
 }
 
 impl Proj {
@@ -36,13 +56,15 @@ impl Proj {
             && weight.is_contiguous()
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
             && weight.elem_count() >= MIN_WEIGHT_ELEMS;
-        Self { inner: Linear::new(weight, bias), threaded }
+        Self { kind: Kind::Dense { inner: Linear::new(weight, bias), threaded } }
     }
 
     /// Several projections of the same input as one (their weights stacked by output row): one
     /// pass over the input and one hand-off to the threads instead of one per projection. A part
-    /// without a bias gets zeros where another has one.
-    pub fn stacked(parts: Vec<(Tensor, Option<Tensor>)>) -> Result<Self> {
+    /// without a bias gets zeros where another has one. Quantized parts stay quantized when all
+    /// are (consecutive parts of one GGML type become one weight); a mix is dequantized to
+    /// `dtype`. Quantized weights are placed on `device`.
+    pub fn stacked(parts: Vec<(Weight, Option<Tensor>)>, dtype: DType, device: &Device) -> Result<Self> {
         let any_bias = parts.iter().any(|(_, b)| b.is_some());
         let mut weights = Vec::with_capacity(parts.len());
         let mut biases = Vec::with_capacity(parts.len());
@@ -50,51 +72,155 @@ impl Proj {
             if any_bias {
                 biases.push(match b {
                     Some(b) => b,
-                    None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+                    None => Tensor::zeros(w.rows()?, dtype, device)?,
                 });
             }
             weights.push(w);
         }
-        let weight = Tensor::cat(&weights, 0)?;
         let bias = if any_bias { Some(Tensor::cat(&biases, 0)?) } else { None };
-        Ok(Self::new(weight, bias))
+        let quantized: Option<Vec<&Arc<QTensor>>> = weights
+            .iter()
+            .map(|w| match w {
+                Weight::Quantized(q) => Some(q),
+                Weight::Dense(_) => None,
+            })
+            .collect();
+        if let Some(quantized) = quantized {
+            let mut runs: Vec<Vec<&QTensor>> = Vec::new();
+            for q in quantized {
+                match runs.last_mut() {
+                    Some(run) if run[0].dtype() == q.dtype() => run.push(q),
+                    _ => runs.push(vec![q]),
+                }
+            }
+            let parts = runs
+                .iter()
+                .map(|run| Ok(QMatMul::from_qtensor(stack_rows(run, device)?)?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self { kind: Kind::Quantized { parts, bias } });
+        }
+        let weights = weights.iter().map(|w| w.dense(dtype, device)).collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(Tensor::cat(&weights, 0)?, bias))
+    }
+
+    /// One projection from its weight (quantized ones stay so).
+    pub fn from_weight(weight: Weight, bias: Option<Tensor>, dtype: DType, device: &Device) -> Result<Self> {
+        match weight {
+            Weight::Dense(w) => Ok(Self::new(w, bias)),
+            quantized => Self::stacked(vec![(quantized, bias)], dtype, device),
+        }
+    }
+
+    /// Whether the weight stays GGML-quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.kind, Kind::Quantized { .. })
+    }
+
+    /// Bytes a product reads from the weight and bias.
+    pub fn weight_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match &self.kind {
+            Kind::Dense { inner, .. } => bytes(inner.weight()) + inner.bias().map_or(0, bytes),
+            Kind::Quantized { parts, bias } => {
+                let weights: usize = parts
+                    .iter()
+                    .map(|p| match p {
+                        QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => bytes(t),
+                    })
+                    .sum();
+                weights + bias.as_ref().map_or(0, bytes)
+            }
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (inner, threaded) = match &self.kind {
+            Kind::Dense { inner, threaded } => (inner, *threaded),
+            Kind::Quantized { parts, bias } => return quantized_forward(parts, bias.as_ref(), x),
+        };
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
-        if self.threaded && rows <= MAX_ROWS && x.dtype() == DType::F32 && rayon::current_num_threads() > 1 {
-            let y = self.forward_threaded(x, rows, k)?;
+        if threaded && rows <= MAX_ROWS && x.dtype() == DType::F32 && rayon::current_num_threads() > 1 {
+            let y = forward_threaded(inner, x, rows, k)?;
             super::ledger::op("linear", &y);
             return Ok(y);
         }
-        let y = self.inner.forward(x)?;
+        let y = inner.forward(x)?;
         super::ledger::op("matmul", &y);
-        if self.inner.bias().is_some() {
+        if inner.bias().is_some() {
             super::ledger::op("bias", &y);
         }
         Ok(y)
     }
+}
 
-    fn forward_threaded(&self, x: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
-        let w = self.inner.weight();
-        let (n, wk) = w.dims2()?;
-        anyhow::ensure!(wk == k, "linear layer: input has {k} features, the weight expects {wk}");
-        let x = x.contiguous()?;
-        let (x_storage, x_layout) = x.storage_and_layout();
-        let (w_storage, w_layout) = w.storage_and_layout();
-        let xs = cpu_f32(&x_storage, x_layout)?;
-        let ws = cpu_f32(&w_storage, w_layout)?;
-        let bias = self.inner.bias().map(|b| b.storage_and_layout());
-        let bs = match &bias {
-            Some((s, l)) => Some(cpu_f32(s, l)?),
-            None => None,
-        };
-        let y = matmul_few_rows(xs, rows, k, ws, n, bs);
-        let mut shape = x.dims().to_vec();
-        *shape.last_mut().expect("x has a last dimension") = n;
-        Ok(Tensor::from_vec(y, shape, x.device())?)
+impl Weight {
+    /// Output rows.
+    fn rows(&self) -> Result<usize> {
+        Ok(match self {
+            Weight::Dense(w) => w.dim(0)?,
+            Weight::Quantized(q) => q.shape().dims()[0],
+        })
     }
+
+    /// The weight as a dense tensor of `dtype` on `device`.
+    pub fn dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Dense(w) => w.to_dtype(dtype)?.to_device(device)?,
+            Weight::Quantized(q) => q.dequantize(&Device::Cpu)?.to_dtype(dtype)?.to_device(device)?,
+        })
+    }
+}
+
+/// `x Wᵀ (+ b)` with each part's quantized product, side by side.
+fn quantized_forward(parts: &[QMatMul], bias: Option<&Tensor>, x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let outs = parts.iter().map(|p| p.forward(&x)).collect::<candle_core::Result<Vec<_>>>()?;
+    let mut y =
+        if outs.len() == 1 { outs.into_iter().next().expect("one part") } else { Tensor::cat(&outs, D::Minus1)? };
+    super::ledger::op("qmatmul", &y);
+    if let Some(b) = bias {
+        y = y.broadcast_add(b)?;
+        super::ledger::op("bias", &y);
+    }
+    Ok(y)
+}
+
+/// Quantized weights of one GGML type `[out_i, in]` stacked by output row into one `[Σ out_i, in]`
+/// on `device`: a row's blocks are contiguous bytes, so stacking concatenates them.
+fn stack_rows(parts: &[&QTensor], device: &Device) -> Result<QTensor> {
+    let dtype = parts[0].dtype();
+    let k = parts[0].shape().dims()[1];
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for p in parts {
+        let (n, pk) = p.shape().dims2()?;
+        ensure!(p.dtype() == dtype && pk == k, "stacked weights differ in type or input width");
+        bytes.extend_from_slice(&p.data()?);
+        rows += n;
+    }
+    Ok(qtensor_from_ggml(dtype, &bytes, vec![rows, k], device)?)
+}
+
+fn forward_threaded(inner: &Linear, x: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
+    let w = inner.weight();
+    let (n, wk) = w.dims2()?;
+    anyhow::ensure!(wk == k, "linear layer: input has {k} features, the weight expects {wk}");
+    let x = x.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = w.storage_and_layout();
+    let xs = cpu_f32(&x_storage, x_layout)?;
+    let ws = cpu_f32(&w_storage, w_layout)?;
+    let bias = inner.bias().map(|b| b.storage_and_layout());
+    let bs = match &bias {
+        Some((s, l)) => Some(cpu_f32(s, l)?),
+        None => None,
+    };
+    let y = matmul_few_rows(xs, rows, k, ws, n, bs);
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("x has a last dimension") = n;
+    Ok(Tensor::from_vec(y, shape, x.device())?)
 }
 
 /// A contiguous f32 CPU tensor's elements, borrowed from its storage.
@@ -269,7 +395,7 @@ mod tests {
         let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
         for bias in [None, Some(b)] {
             let proj = Proj::new(w.clone(), bias.clone());
-            assert!(proj.threaded);
+            assert!(matches!(proj.kind, Kind::Dense { threaded: true, .. }));
             for rows in 1..=MAX_ROWS {
                 let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
                 let got = proj.forward(&x).unwrap();
@@ -291,7 +417,10 @@ mod tests {
             assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "dispatched, len {len}");
         }
         // A small weight stays on candle's path.
-        assert!(!Proj::new(Tensor::zeros((8, 8), DType::F32, &dev).unwrap(), None).threaded);
+        assert!(matches!(
+            Proj::new(Tensor::zeros((8, 8), DType::F32, &dev).unwrap(), None).kind,
+            Kind::Dense { threaded: false, .. }
+        ));
     }
 
     /// A stacked projection's output is its parts' outputs side by side, zeros standing in for a
@@ -303,7 +432,12 @@ mod tests {
         let (wq, wk) =
             (Tensor::randn(0f32, 1.0, (900, k), &dev).unwrap(), Tensor::randn(0f32, 1.0, (700, k), &dev).unwrap());
         let bq = Tensor::randn(0f32, 1.0, 900, &dev).unwrap();
-        let stacked = Proj::stacked(vec![(wq.clone(), Some(bq.clone())), (wk.clone(), None)]).unwrap();
+        let stacked = Proj::stacked(
+            vec![(Weight::Dense(wq.clone()), Some(bq.clone())), (Weight::Dense(wk.clone()), None)],
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
         let (q, kp) = (Proj::new(wq, Some(bq)), Proj::new(wk, None));
         for rows in [1, 3, MAX_ROWS, MAX_ROWS + 5] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
@@ -316,5 +450,46 @@ mod tests {
                 assert!(diff < 1e-4, "rows {rows}: max difference {diff}");
             }
         }
+    }
+
+    /// Quantized parts stack into one weight per run of equal types; the stacked product is the
+    /// parts' products side by side (to the float order of the kernels a width selects), with
+    /// the bias where one is given.
+    #[test]
+    fn stacked_quantized_projections_equal_their_parts() {
+        use candle_core::quantized::GgmlDType;
+        let dev = Device::Cpu;
+        let k = 256;
+        let part = |n: usize, dtype: GgmlDType| {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            Arc::new(QTensor::quantize(&w, dtype).unwrap())
+        };
+        let parts = [part(64, GgmlDType::Q4K), part(32, GgmlDType::Q4K), part(48, GgmlDType::Q6K)];
+        let bias = Tensor::randn(0f32, 1.0, 32, &dev).unwrap();
+        let stacked = Proj::stacked(
+            vec![
+                (Weight::Quantized(parts[0].clone()), None),
+                (Weight::Quantized(parts[1].clone()), Some(bias.clone())),
+                (Weight::Quantized(parts[2].clone()), None),
+            ],
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        let Kind::Quantized { parts: runs, .. } = &stacked.kind else { panic!("not quantized") };
+        assert_eq!(runs.len(), 2, "two runs of equal types");
+        for rows in [1, 5] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+            let outs: Vec<Tensor> =
+                parts.iter().map(|p| QMatMul::from_arc(p.clone()).unwrap().forward(&x).unwrap()).collect();
+            let zeros = |n| Tensor::zeros(n, DType::F32, &dev).unwrap();
+            let b = Tensor::cat(&[zeros(64), bias.clone(), zeros(48)], 0).unwrap();
+            let want = Tensor::cat(&outs, 1).unwrap().broadcast_add(&b).unwrap();
+            let got = stacked.forward(&x).unwrap();
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-5 * scale, "rows {rows}: max difference {diff}");
+        }
+        assert_eq!(stacked.weight_bytes(), parts.iter().map(|p| p.storage_size_in_bytes()).sum::<usize>() + 144 * 4);
     }
 }

@@ -13,4 +13,4 @@ pub mod transformer;
 
 pub use config::{Arch, ModelConfig};
 pub use source::{load, LoadOptions, LoadedModel, ModelSource};
-pub use transformer::{SeqStep, Transformer};
+pub use transformer::{QuantizedWeights, SeqStep, Transformer};

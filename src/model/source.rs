@@ -130,20 +130,51 @@ pub fn cuda_device(ordinal: usize) -> Result<Device> {
     Ok(device)
 }
 
-/// Numeric settings for loading: the device and the dtype weights are converted to.
+/// How a GGUF's quantized projection weights are held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    /// Dequantized to the compute dtype at load: the arithmetic of HF transformers on the same
+    /// weights (for parity).
+    #[default]
+    Dequantized,
+    /// Kept quantized and multiplied with candle's quantized matmul (inputs quantized to 8 bits),
+    /// as llama.cpp runs them: a quarter of the bytes read per token.
+    Native,
+}
+
+impl WeightFormat {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Dequantized => "dequantized",
+            Self::Native => "native",
+        }
+    }
+}
+
+/// Numeric settings for loading: the device, the dtype weights are converted to, and whether a
+/// GGUF's quantized weights stay quantized.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
+    pub weights: WeightFormat,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32 }
+        Self { device: Device::Cpu, dtype: DType::F32, weights: WeightFormat::default() }
     }
 }
 
 pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
+    if opts.weights == WeightFormat::Native && !matches!(source, ModelSource::Gguf { .. }) {
+        bail!("--weights native needs a GGUF model; {} has no quantized weights", source.display());
+    }
     match source {
         ModelSource::Gguf { path } => load_gguf(source, path, opts),
         ModelSource::HfDir { path } => load_hf(source, &HfFiles::from_dir(path)?, opts),

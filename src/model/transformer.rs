@@ -12,13 +12,17 @@
 //! when every sequence decodes one token from a slot of one [`SlotPool`], attention runs once per
 //! layer for the whole pool (a fixed number of ops per step, whatever the batch).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use anyhow::{ensure, Context, Result};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::{Arch, ModelConfig};
 use super::ledger::op;
-use super::linear::Proj;
+use super::linear::{Proj, Weight};
 use crate::cache::observe::{AttentionView, Observer};
 use crate::cache::pool::SlotPool;
 use crate::cache::KvCache;
@@ -77,15 +81,47 @@ pub struct SeqStep<'a> {
     pub visible: Option<&'a [bool]>,
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
-    let (weight, bias) = linear_parts(in_dim, out_dim, bias, vb)?;
-    Ok(Proj::new(weight, bias))
+/// GGML-quantized weights that stay quantized (`--weights native`), by their HF checkpoint names
+/// (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`).
+pub type QuantizedWeights = HashMap<String, Arc<QTensor>>;
+
+/// Where the decoder's weights come from: dense tensors by name, and the quantized ones.
+struct Weights<'a> {
+    vb: VarBuilder<'a>,
+    quantized: &'a QuantizedWeights,
 }
 
-fn linear_parts(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<(Tensor, Option<Tensor>)> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-    Ok((weight, bias))
+impl Weights<'_> {
+    fn pp(&self, name: impl ToString) -> Self {
+        Weights { vb: self.vb.pp(name), quantized: self.quantized }
+    }
+
+    /// A projection's weight `[out, in]` (quantized if kept so) and bias.
+    fn linear_parts(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<(Weight, Option<Tensor>)> {
+        let name = format!("{}.weight", self.vb.prefix());
+        let weight = match self.quantized.get(&name) {
+            Some(q) => {
+                ensure!(
+                    q.shape().dims() == [out_dim, in_dim],
+                    "{name}: shape {:?}, expected [{out_dim}, {in_dim}]",
+                    q.shape().dims()
+                );
+                Weight::Quantized(q.clone())
+            }
+            None => Weight::Dense(self.vb.get((out_dim, in_dim), "weight")?),
+        };
+        let bias = if bias { Some(self.vb.get(out_dim, "bias")?) } else { None };
+        Ok((weight, bias))
+    }
+
+    fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Proj> {
+        let (weight, bias) = self.linear_parts(in_dim, out_dim, bias)?;
+        Proj::from_weight(weight, bias, self.vb.dtype(), self.vb.device())
+    }
+
+    fn stacked(&self, parts: Vec<(Weight, Option<Tensor>)>) -> Result<Proj> {
+        Proj::stacked(parts, self.vb.dtype(), self.vb.device())
+    }
 }
 
 fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
@@ -94,40 +130,47 @@ fn rms_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
 
 impl Transformer {
     pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_with(cfg, vb, &QuantizedWeights::new())
+    }
+
+    /// [`Self::load`] with some projection weights kept GGML-quantized (by their HF names).
+    pub fn load_with(cfg: &ModelConfig, vb: VarBuilder, quantized: &QuantizedWeights) -> Result<Self> {
         cfg.validate()?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let w = Weights { vb: vb.clone(), quantized };
         let vb_m = vb.pp("model");
+        let w_m = w.pp("model");
         let embed_tokens =
             candle_nn::embedding(cfg.vocab_size, d, vb_m.pp("embed_tokens")).context("loading model.embed_tokens")?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let vb_l = vb_m.pp("layers").pp(i);
-                let vb_a = vb_l.pp("self_attn");
+                let w_a = w_m.pp("layers").pp(i).pp("self_attn");
                 let (qk_norm_q, qk_norm_k) = if cfg.qk_norm {
                     (
-                        Some(rms_norm(hd, cfg.rms_norm_eps, vb_a.pp("q_norm"))?),
-                        Some(rms_norm(hd, cfg.rms_norm_eps, vb_a.pp("k_norm"))?),
+                        Some(rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("q_norm"))?),
+                        Some(rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("k_norm"))?),
                     )
                 } else {
                     (None, None)
                 };
                 let self_attn = Attention {
-                    qkv_proj: Proj::stacked(vec![
-                        linear_parts(d, cfg.num_heads * hd, cfg.qkv_bias, vb_a.pp("q_proj"))?,
-                        linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("k_proj"))?,
-                        linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias, vb_a.pp("v_proj"))?,
+                    qkv_proj: w_a.stacked(vec![
+                        w_a.pp("q_proj").linear_parts(d, cfg.num_heads * hd, cfg.qkv_bias)?,
+                        w_a.pp("k_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
+                        w_a.pp("v_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
                     ])?,
-                    o_proj: linear(cfg.num_heads * hd, d, false, vb_a.pp("o_proj"))?,
+                    o_proj: w_a.pp("o_proj").linear(cfg.num_heads * hd, d, false)?,
                     q_norm: qk_norm_q,
                     k_norm: qk_norm_k,
                 };
-                let vb_mlp = vb_l.pp("mlp");
+                let w_mlp = w_m.pp("layers").pp(i).pp("mlp");
                 let mlp = Mlp {
-                    gate_up_proj: Proj::stacked(vec![
-                        linear_parts(d, cfg.intermediate_size, false, vb_mlp.pp("gate_proj"))?,
-                        linear_parts(d, cfg.intermediate_size, false, vb_mlp.pp("up_proj"))?,
+                    gate_up_proj: w_mlp.stacked(vec![
+                        w_mlp.pp("gate_proj").linear_parts(d, cfg.intermediate_size, false)?,
+                        w_mlp.pp("up_proj").linear_parts(d, cfg.intermediate_size, false)?,
                     ])?,
-                    down_proj: linear(cfg.intermediate_size, d, false, vb_mlp.pp("down_proj"))?,
+                    down_proj: w_mlp.pp("down_proj").linear(cfg.intermediate_size, d, false)?,
                 };
                 Ok(Block {
                     input_layernorm: rms_norm(d, cfg.rms_norm_eps, vb_l.pp("input_layernorm"))?,
@@ -139,10 +182,11 @@ impl Transformer {
             .collect::<Result<Vec<_>>>()
             .context("loading decoder layers")?;
         let norm = rms_norm(d, cfg.rms_norm_eps, vb_m.pp("norm")).context("loading model.norm")?;
-        let lm_head = if cfg.tie_word_embeddings {
+        // A quantized lm_head (the GGUF's output weight, or its token embedding when tied) is kept.
+        let lm_head = if cfg.tie_word_embeddings && !quantized.contains_key("lm_head.weight") {
             Proj::new(embed_tokens.embeddings().clone(), None)
         } else {
-            linear(d, cfg.vocab_size, false, vb.pp("lm_head")).context("loading lm_head")?
+            w.pp("lm_head").linear(d, cfg.vocab_size, false).context("loading lm_head")?
         };
         let inv_freq = inv_freq(cfg);
         let rope = if vb.device().is_cpu() {
@@ -166,6 +210,33 @@ impl Transformer {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Bytes one decode step reads from the weights: every projection and norm once, the
+    /// embedding table only as a tied output head.
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let norm = |n: &RmsNorm| n.weight().elem_count() * self.dtype.size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|b| {
+                let a = &b.self_attn;
+                a.qkv_proj.weight_bytes()
+                    + a.o_proj.weight_bytes()
+                    + b.mlp.gate_up_proj.weight_bytes()
+                    + b.mlp.down_proj.weight_bytes()
+                    + norm(&b.input_layernorm)
+                    + norm(&b.post_attention_layernorm)
+                    + a.q_norm.as_ref().map_or(0, norm)
+                    + a.k_norm.as_ref().map_or(0, norm)
+            })
+            .sum();
+        layers + norm(&self.norm) + self.lm_head.weight_bytes()
+    }
+
+    /// Whether the projections keep GGML-quantized weights (`--weights native`).
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized() || self.layers.iter().any(|b| b.self_attn.o_proj.is_quantized())
     }
 
     pub fn device(&self) -> &Device {

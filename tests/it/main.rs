@@ -15,6 +15,7 @@ mod layers;
 mod oracle;
 mod plot;
 mod policies;
+mod quantized;
 mod resume;
 mod slots;
 mod smollm2;
