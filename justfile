@@ -74,6 +74,21 @@ smollm2-cpu: fetch-test-model build
     target/release/kvbench run --experiment experiments/smollm2-cpu.toml --data-dir {{data_dir}}
     target/release/kvbench plot results/smollm2-cpu/summary.csv
 
+# DynTS's importance predictor for Qwen2.5-Coder-1.5B (assets/qwen2.5-coder-1.5b-instruct/): the
+# model's own correct full-cache solutions of GSM8K train questions 0–127 (results/qwen-coder-traces/),
+# teacher-forced again to label each reasoning token by the attention the answer line pays it.
+train-predictor-qwen-coder: fetch-qwen-coder build
+    target/release/kvbench run --experiment experiments/qwen-coder-traces.toml --data-dir {{data_dir}}
+    target/release/kvbench dynts collect --run results/qwen-coder-traces --data-dir {{data_dir}} --out target/qwen-coder-traces
+    target/release/kvbench dynts train --traces target/qwen-coder-traces/traces.safetensors --out assets/qwen2.5-coder-1.5b-instruct/dynts-predictor.safetensors
+
+# The budget's development run (GSM8K train questions), then the committed GSM8K run of the eight
+# policies on Qwen2.5-Coder-1.5B and its figures (resumable: run it again to continue).
+qwen-coder-gsm8k: fetch-qwen-coder build
+    target/release/kvbench run --experiment experiments/qwen-coder-gsm8k-dev.toml --data-dir {{data_dir}}
+    target/release/kvbench run --experiment experiments/qwen-coder-gsm8k.toml --data-dir {{data_dir}}
+    target/release/kvbench plot results/qwen-coder-gsm8k/summary.csv
+
 # kvbench against HF transformers (eager, full cache) and kvpress (DecodingPress: StreamingLLM, SnapKV)
 # on SmolLM2 converted to f32, alternating in one invocation (bench/peers/; its own Python environment).
 bench-peers *ARGS: fetch-test-model

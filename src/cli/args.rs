@@ -325,6 +325,10 @@ pub struct RunArgs {
     /// "Please reason step by step, and put your final answer within \boxed{}."
     #[arg(long)]
     pub instruction: Option<String>,
+    /// A system message before every question, e.g. the Qwen2.5-Math prompt's "Please reason step
+    /// by step, and put your final answer within \boxed{}." [default: none, the chat template's own].
+    #[arg(long)]
+    pub system: Option<String>,
     /// Importance-predictor weights (safetensors) for the `dynts` family.
     #[arg(long)]
     pub predictor: Option<PathBuf>,

@@ -142,6 +142,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
             limit: args.limit.or(exp.limit),
             ids: args.ids.clone().or(exp.ids.clone()),
             instruction: args.instruction.clone().or(exp.instruction.clone()),
+            system: args.system.clone().or(exp.system.clone()),
             prefill_chunk: args.prefill_chunk.or(exp.prefill_chunk).unwrap_or(defaults::PREFILL_CHUNK),
             predictor,
             batch,

@@ -139,6 +139,16 @@ impl Trace {
     }
 }
 
+/// A completion of a model without thinking tokens as (thinking, answer): the answer is the line
+/// holding the last `\boxed{`, to the end; the reasoning before it the thinking. `None` when the
+/// box is on the first line (no reasoning before it) or absent.
+fn split_at_answer_line(completion: &str) -> Option<(&str, &str)> {
+    let at = completion.rfind("\\boxed{")?;
+    let line = completion[..at].rfind('\n')? + 1;
+    let (thinking, answer) = completion.split_at(line);
+    (!thinking.trim().is_empty()).then_some((thinking, answer))
+}
+
 /// Teacher-forces `trace` and labels its thinking tokens.
 fn label_trace(lm: &LoadedModel, trace: &Trace, chunk: usize) -> Result<Labelled> {
     let cfg = lm.model.config();
@@ -236,8 +246,7 @@ fn run_traces(run: &Path, data_dir: &Path, load: &LoadOptions) -> Result<Candida
     // Replayed in the run's arithmetic.
     let load = LoadOptions { weights: plan.weights, ..load.clone() };
     let lm = crate::model::load(&ModelSource::parse(&plan.model)?, &load)?;
-    let (open, close) =
-        think_tokens(&lm).context("the model's tokenizer has no <think>/</think> tokens to split a run's traces at")?;
+    let think = think_tokens(&lm);
     let mut questions = HashMap::new();
     let mut traces = Vec::new();
     for s in chosen {
@@ -249,8 +258,22 @@ fn run_traces(run: &Path, data_dir: &Path, load: &LoadOptions) -> Result<Candida
             .find(|q| q.index == s.question_index)
             .with_context(|| format!("{} has no question {}", s.dataset, s.question_index))?;
         let mut ids = render_prompt(&lm, plan, q)?;
-        ids.extend(encode(&lm.tokenizer, &s.completion)?);
-        traces.push(Trace::at_think_tokens(ids, open, close));
+        traces.push(match think {
+            Some((open, close)) => {
+                ids.extend(encode(&lm.tokenizer, &s.completion)?);
+                Trace::at_think_tokens(ids, open, close)
+            }
+            None => match split_at_answer_line(&s.completion) {
+                Some((thinking, answer)) => {
+                    let start = ids.len();
+                    ids.extend(encode(&lm.tokenizer, thinking)?);
+                    let end = ids.len();
+                    ids.extend(encode(&lm.tokenizer, answer)?);
+                    Some(Trace { ids, thinking: start..end, answer: end })
+                }
+                None => None,
+            },
+        });
     }
     Ok(Candidates { model: plan.model.clone(), lm, traces, held_out: 0 })
 }
@@ -268,7 +291,7 @@ fn generated_solutions(
     let mut traces = Vec::new();
     for i in 0..limit.unwrap_or(params.rows).min(params.rows) {
         let p = synthetic::problem(params, i);
-        let prompt = prompt_text(&lm, user(&p.question))?;
+        let prompt = prompt_text(&lm, None, user(&p.question))?;
         // A template that opens the thinking (as R1's does) already holds `<think>`.
         let solution = p.solution();
         let solution = match solution.strip_prefix("<think>") {
@@ -313,7 +336,7 @@ fn reference_solutions(
             traces.push(None);
             continue;
         };
-        let prompt = prompt_text(&lm, user(&q.question))?;
+        let prompt = prompt_text(&lm, None, user(&q.question))?;
         traces.push(match think_tokens(&lm) {
             Some((open, close)) => {
                 let opened = if prompt.ends_with("<think>") { "" } else { "<think>" };
@@ -390,6 +413,19 @@ pub fn collect(source: &TraceSource, out: &Path, data_dir: &Path, load: &LoadOpt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completion_without_thinking_tokens_splits_at_its_answer_line() {
+        let text = "Step 1: 16 - 3 - 4 = 9.\nStep 2: 9 * 2 = 18.\nSo she makes \\boxed{18} dollars.\n";
+        let (thinking, answer) = split_at_answer_line(text).unwrap();
+        assert_eq!(thinking, "Step 1: 16 - 3 - 4 = 9.\nStep 2: 9 * 2 = 18.\n");
+        assert_eq!(answer, "So she makes \\boxed{18} dollars.\n");
+        // The last box decides; one on the first line leaves no reasoning; none, no answer.
+        let (_, answer) = split_at_answer_line("a \\boxed{1}\nb\nc \\boxed{2}").unwrap();
+        assert_eq!(answer, "c \\boxed{2}");
+        assert_eq!(split_at_answer_line("\\boxed{3} because 1 + 2"), None);
+        assert_eq!(split_at_answer_line("no box\nat all"), None);
+    }
     use crate::toy::ToyShape;
 
     /// With the query projections zeroed every score is 0, so attention is uniform over the causal

@@ -1,5 +1,5 @@
-//! A question as the model is prompted with it: the question, the plan's instruction, the model's
-//! chat template.
+//! A question as the model is prompted with it: the plan's system message, the question and the
+//! plan's instruction, through the model's chat template.
 
 use anyhow::Result;
 
@@ -14,13 +14,16 @@ pub fn render_prompt(lm: &LoadedModel, plan: &Plan, q: &Question) -> Result<Vec<
     if let Some(instr) = &plan.instruction {
         content = format!("{content}\n{instr}");
     }
-    encode(&lm.tokenizer, &prompt_text(lm, content)?)
+    encode(&lm.tokenizer, &prompt_text(lm, plan.system.as_deref(), content)?)
 }
 
-/// A user message as the model is prompted with it: through its chat template, if it has one.
-pub fn prompt_text(lm: &LoadedModel, content: String) -> Result<String> {
-    Ok(match &lm.chat_template {
-        Some(t) => t.render(&[ChatMessage::user(content)], true)?,
-        None => content,
+/// A user message (after an optional system message) as the model is prompted with it: through
+/// its chat template, if it has one; else the two texts one after the other.
+pub fn prompt_text(lm: &LoadedModel, system: Option<&str>, content: String) -> Result<String> {
+    Ok(match (&lm.chat_template, system) {
+        (Some(t), None) => t.render(&[ChatMessage::user(content)], true)?,
+        (Some(t), Some(s)) => t.render(&[ChatMessage::system(s), ChatMessage::user(content)], true)?,
+        (None, None) => content,
+        (None, Some(s)) => format!("{s}\n\n{content}"),
     })
 }

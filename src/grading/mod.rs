@@ -66,14 +66,14 @@ pub fn extract_answer(completion: &str, kind: AnswerKind) -> Extracted {
 
 /// The dataset's reference answer in comparable form.
 ///
-/// gsm8k: the number after the last `####`, commas removed. aime*: zero padding stripped ("007" →
+/// gsm8k (and its train split): the number after the last `####`, commas removed. aime*: zero padding stripped ("007" →
 /// "7"). amc*: integral floats lose ".0" ("27.0" → "27"). Math-kind datasets whose raw answer is a
 /// whole solution (the full MATH set has only `solution`): the last `\boxed{}` content. Otherwise
 /// the trimmed text.
 pub fn reference_answer(raw: &str, dataset: &str) -> String {
     let name = dataset_key(dataset);
     let raw = raw.trim();
-    if name == "gsm8k" {
+    if name.starts_with("gsm8k") {
         let tail = match raw.rfind("####") {
             Some(at) => &raw[at + 4..],
             None => raw,
@@ -113,7 +113,7 @@ pub fn normalize(s: &str) -> String {
 pub fn kind_for_dataset(name: &str) -> Option<AnswerKind> {
     let name = dataset_key(name);
     match name.as_str() {
-        "gsm8k" => Some(AnswerKind::Numeric),
+        n if n.starts_with("gsm8k") => Some(AnswerKind::Numeric),
         n if n.starts_with("synthetic") => Some(AnswerKind::Numeric),
         "math" | "math500" | "math_500" | "gaokao2023en" => Some(AnswerKind::Math),
         n if n.starts_with("aime") || n.starts_with("amc") => Some(AnswerKind::Math),

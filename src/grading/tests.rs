@@ -428,6 +428,7 @@ const REFERENCES: &[(&str, &str, &str)] = &[
     ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n#### 1,234", "gsm8k", "1234"),
     ("It takes 2/2=<<2/2=1>>1 bolt\n#### 3", "gsm8k", "3"),
     ("#### -5", "gsm8k", "-5"),
+    ("So 2 + 3 = <<2+3=5>>5.\n#### 5", "gsm8k-train", "5"),
     ("033", "aime24", "33"),
     ("000", "aime25", "0"),
     ("70", "aime25", "70"),
@@ -452,6 +453,7 @@ fn reference_table() {
 fn dataset_kinds() {
     let cases = [
         ("gsm8k", Some(Numeric)),
+        ("gsm8k-train", Some(Numeric)),
         ("GSM8K", Some(Numeric)),
         ("math500", Some(Math)),
         ("math-500", Some(Math)),

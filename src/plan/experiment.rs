@@ -32,6 +32,7 @@ pub struct Experiment {
     pub limit: Option<usize>,
     pub ids: Option<Vec<usize>>,
     pub instruction: Option<String>,
+    pub system: Option<String>,
     pub prefill_chunk: Option<usize>,
     pub device: Option<String>,
     pub dtype: Option<String>,

@@ -34,6 +34,10 @@ pub struct Plan {
     pub ids: Option<Vec<usize>>,
     /// Appended to each question (for non-reasoning models); `None` = the raw question.
     pub instruction: Option<String>,
+    /// A system message before each question (the Qwen2.5-Math prompt's); `None` = none, the chat
+    /// template's default. Omitted from the manifest when `None`, as before the option existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub prefill_chunk: usize,
     /// Importance-predictor weights for the `dynts` family (its hash goes into the manifest).
     pub predictor: Option<PathBuf>,

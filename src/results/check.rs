@@ -281,6 +281,9 @@ mod tests {
             generated_tokens: 0.0,
             think_closed_rate: 0.0,
             truncated_rate: 0.0,
+            lost_vs_full: None,
+            gained_vs_full: None,
+            mcnemar_p_vs_full: None,
             tokens_per_s: 0.0,
             policy_time_share: 0.0,
         }

@@ -38,6 +38,17 @@ pub struct SummaryRow {
     pub generated_tokens: f64,
     pub think_closed_rate: f64,
     pub truncated_rate: f64,
+    /// Paired against the full cache on the same dataset (the same questions and samples under
+    /// both; empty without a full-cache run or for the full cache itself): samples the full cache
+    /// got right and this configuration wrong,
+    #[serde(default)]
+    pub lost_vs_full: Option<usize>,
+    /// … samples it got right and the full cache wrong,
+    #[serde(default)]
+    pub gained_vs_full: Option<usize>,
+    /// … and the exact McNemar test's two-sided p-value on those discordant pairs.
+    #[serde(default)]
+    pub mcnemar_p_vs_full: Option<f64>,
     pub tokens_per_s: f64,
     pub policy_time_share: f64,
 }
@@ -65,9 +76,30 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - ((n - c + 1)..=n).fold(1.0, |acc, i| acc * (1.0 - k as f64 / i as f64))
 }
 
+/// The exact McNemar test: the two-sided p-value of `lost` against `gained` discordant pairs, each
+/// equally likely under no difference (a binomial test at ½, doubled and capped at 1).
+pub fn mcnemar_exact(lost: usize, gained: usize) -> f64 {
+    let n = lost + gained;
+    let k = lost.min(gained);
+    // Σ_{i ≤ k} C(n, i) / 2ⁿ, each term from the previous in logs-free ratios.
+    let mut term = 0.5f64.powi(n as i32);
+    let mut tail = term;
+    for i in 1..=k {
+        term *= (n - i + 1) as f64 / i as f64;
+        tail += term;
+    }
+    (2.0 * tail).min(1.0)
+}
+
 /// Aggregates samples into summary rows, sorted by dataset, policy and (B, W, r). Means are taken
 /// in the order given, so callers pass a fixed order.
 pub fn summarize(records: &[&SampleRecord], model: &str) -> Vec<SummaryRow> {
+    // The full cache's verdict per (dataset, question, sample), for the paired comparison.
+    let full: BTreeMap<(&str, usize, usize), bool> = records
+        .iter()
+        .filter(|r| r.policy == "full")
+        .map(|r| ((r.dataset.as_str(), r.question_index, r.sample), r.correct))
+        .collect();
     // r is positive, so its bit pattern sorts like its value.
     type Config = (String, String, usize, usize, u64);
     let mut groups: BTreeMap<Config, Vec<&SampleRecord>> = BTreeMap::new();
@@ -109,6 +141,15 @@ pub fn summarize(records: &[&SampleRecord], model: &str) -> Vec<SummaryRow> {
                 });
                 best.map_or(0.0, |b| if b.2 && !b.0.is_empty() { 1.0 } else { 0.0 })
             }));
+            let paired: Option<Vec<(bool, bool)>> = (policy != "full")
+                .then(|| {
+                    rs.iter()
+                        .map(|r| full.get(&(r.dataset.as_str(), r.question_index, r.sample)).map(|&f| (f, r.correct)))
+                        .collect()
+                })
+                .flatten();
+            let lost = paired.as_ref().map(|p| p.iter().filter(|&&(f, c)| f && !c).count());
+            let gained = paired.as_ref().map(|p| p.iter().filter(|&&(f, c)| !f && c).count());
             let f = |g: &dyn Fn(&SampleRecord) -> f64| mean(rs.iter().map(|r| g(r)));
             let tokens: f64 = rs.iter().map(|r| r.generated_tokens as f64).sum();
             let decode: f64 = rs.iter().map(|r| r.decode_secs).sum();
@@ -134,6 +175,9 @@ pub fn summarize(records: &[&SampleRecord], model: &str) -> Vec<SummaryRow> {
                 generated_tokens: f(&|r| r.generated_tokens as f64),
                 think_closed_rate: f(&|r| r.think_closed as u8 as f64),
                 truncated_rate: f(&|r| r.truncated as u8 as f64),
+                lost_vs_full: lost,
+                gained_vs_full: gained,
+                mcnemar_p_vs_full: lost.zip(gained).map(|(l, g)| mcnemar_exact(l, g)),
                 tokens_per_s: if decode > 0.0 { tokens / decode } else { 0.0 },
                 policy_time_share: if total > 0.0 { policy_secs / total } else { 0.0 },
             }
@@ -183,6 +227,17 @@ pub fn concat_csv(inputs: &[std::path::PathBuf], out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against the binomial tails computed by hand: 0 of 0 discordant is no evidence; 0 against
+    /// 6 gives 2/64; 2 against 8 gives 2·(1 + 10 + 45)/1024; the test is symmetric.
+    #[test]
+    fn mcnemar_exact_is_the_doubled_binomial_tail() {
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        assert!((mcnemar_exact(0, 6) - 2.0 / 64.0).abs() < 1e-12);
+        assert!((mcnemar_exact(2, 8) - 112.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(8, 2), mcnemar_exact(2, 8));
+        assert_eq!(mcnemar_exact(5, 5), 1.0);
+    }
 
     #[test]
     fn pass_at_k_is_the_unbiased_estimator() {
