@@ -115,3 +115,23 @@ impl Experiment {
         toml::from_str(&text).with_context(|| format!("experiment {}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every committed experiment file parses (unknown fields are refused, so a misspelt one fails).
+    #[test]
+    fn every_committed_experiment_file_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Experiment::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 7, "only {n} experiment files");
+    }
+}
