@@ -108,9 +108,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
     let mut runs = Vec::new();
     for model in &models {
         let source = ModelSource::parse(model)?;
-        if weights == WeightFormat::Native && !matches!(source, ModelSource::Gguf { .. }) {
-            bail!("--weights native needs a GGUF model; {model} has no quantized weights");
-        }
+        weights.check(&source)?;
         let mut budgets = BTreeMap::new();
         for d in &datasets {
             let mut list = Vec::new();

@@ -154,6 +154,14 @@ impl WeightFormat {
             Self::Native => "native",
         }
     }
+
+    /// Native weights need a GGUF (checked when planning and again when loading).
+    pub fn check(&self, source: &ModelSource) -> Result<()> {
+        if *self == Self::Native && !matches!(source, ModelSource::Gguf { .. }) {
+            bail!("--weights native needs a GGUF model; {} has no quantized weights", source.display());
+        }
+        Ok(())
+    }
 }
 
 /// Numeric settings for loading: the device, the dtype weights are converted to, and whether a
@@ -172,9 +180,7 @@ impl Default for LoadOptions {
 }
 
 pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
-    if opts.weights == WeightFormat::Native && !matches!(source, ModelSource::Gguf { .. }) {
-        bail!("--weights native needs a GGUF model; {} has no quantized weights", source.display());
-    }
+    opts.weights.check(source)?;
     match source {
         ModelSource::Gguf { path } => load_gguf(source, path, opts),
         ModelSource::HfDir { path } => load_hf(source, &HfFiles::from_dir(path)?, opts),
