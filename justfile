@@ -22,9 +22,9 @@ build:
 
 # The main job, offline, on the built-in default: the toy model on synthetic-chain under all eight
 # policies at the built-in budget (experiments/builtin.toml) into results/builtin, then its figures.
-demo: build
-    target/release/kvbench run --policies all
-    target/release/kvbench plot results/builtin/summary.csv
+# (= the README's `cargo run --release`: kvbench with no command).
+demo:
+    cargo run --release
 
 # Accuracy regression (CI): the built-in benchmark against the committed reference.
 check: build
@@ -94,9 +94,17 @@ qwen-coder-gsm8k: fetch-qwen-coder build
 bench-peers *ARGS: fetch-test-model
     bench/peers/run.sh {{ARGS}}
 
-# Run every test (the test model is fetched first; tests that need it fail without it).
-test: fetch-test-model
-    KVBENCH_REQUIRE_TEST_MODEL=1 KVBENCH_DATA_DIR={{data_dir}} cargo test --release
+# Run every test (= the README's `cargo test --release`; the test model is fetched on first need).
+# The Slurm tests run with KVBENCH_SLURM_TESTS=1 and a running Slurm (`just slurm-start`).
+test:
+    KVBENCH_DATA_DIR={{data_dir}} cargo test --release
+
+# A single-node Slurm on this machine (root): for the Slurm tests and for trying `kvbench slurm`.
+slurm-start:
+    scripts/local-slurm.sh start
+
+slurm-stop:
+    scripts/local-slurm.sh stop
 
 # Build with CUDA into target-cuda/ (nvcc from PATH, else CUDA 13.0 wheels from PyPI; see the script).
 build-cuda *ARGS:

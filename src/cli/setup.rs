@@ -19,6 +19,8 @@ use crate::policies::{parse_tokens, Budget};
 /// One model's plan and where its results go.
 #[derive(Debug)]
 pub struct PlannedRun {
+    /// The model as named (flag or experiment file): the key of its budget rules and predictor.
+    pub name: String,
     pub plan: Plan,
     pub source: ModelSource,
     pub out: PathBuf,
@@ -30,6 +32,11 @@ pub struct RunSetup {
     pub runs: Vec<PlannedRun>,
     /// With several models: the folder that gets their combined `summary.csv`.
     pub combined_out: Option<PathBuf>,
+    /// `--out`, or the experiment's, or the default: the folder of the whole run (with several
+    /// models, the parent of theirs; shards go below).
+    pub base_out: PathBuf,
+    /// The experiment file's description.
+    pub description: Option<String>,
     pub data_dir: PathBuf,
     pub device: String,
     pub dtype: Option<String>,
@@ -150,11 +157,13 @@ pub fn resolve(args: &RunArgs) -> Result<RunSetup> {
         if let Some(s) = shard {
             out = out.join(format!("shard-{}-of-{}", s.index, s.count));
         }
-        runs.push(PlannedRun { plan, source, out });
+        runs.push(PlannedRun { name: model.clone(), plan, source, out });
     }
     Ok(RunSetup {
         runs,
-        combined_out: (models.len() > 1 && shard.is_none()).then_some(base),
+        combined_out: (models.len() > 1 && shard.is_none()).then(|| base.clone()),
+        base_out: base,
+        description: exp.description.clone(),
         data_dir: crate::data::data_dir(args.data_dir.as_deref()),
         device: args.device.clone().or(exp.device.clone()).unwrap_or_else(|| defaults::DEVICE.into()),
         dtype: args.dtype.clone().or(exp.dtype.clone()),
@@ -241,7 +250,7 @@ mod tests {
     fn run_args(extra: &[&str]) -> RunArgs {
         let argv = ["kvbench", "run"].iter().chain(extra).copied();
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Run(a) => *a,
+            Some(Command::Run(a)) => *a,
             _ => unreachable!(),
         }
     }
@@ -302,6 +311,49 @@ mod tests {
         let err = resolve(&run_args(&["--experiment", "experiments/dynts-summary.toml", "--model", "someone/other"]))
             .unwrap_err();
         assert!(format!("{err:#}").contains("no budget rule covers model someone/other"), "{err:#}");
+    }
+
+    /// The experiment file `kvbench slurm` hands its tasks resolves to the very plans it came from:
+    /// per-dataset and per-model budget rules, predictors, sampling, placement.
+    #[test]
+    fn a_written_experiment_reproduces_its_plans() {
+        use crate::plan::experiment::Placement;
+        for argv in [
+            vec!["--experiment", "experiments/dynts-summary.toml", "--budget", "4k,6k", "--limit", "3"],
+            vec!["--experiment", "experiments/qwen-coder-gsm8k.toml"],
+            vec![
+                "--policies",
+                "full,snapkv",
+                "--samples",
+                "2",
+                "--seed",
+                "7",
+                "--ids",
+                "1,4",
+                "--system",
+                "be 'brief'",
+            ],
+        ] {
+            let setup = resolve(&run_args(&argv)).unwrap();
+            let plans: Vec<(&str, &Plan)> = setup.runs.iter().map(|r| (r.name.as_str(), &r.plan)).collect();
+            let placement = Placement {
+                device: &setup.device,
+                dtype: setup.dtype.as_deref(),
+                threads: setup.threads,
+                out: &setup.base_out,
+            };
+            let text =
+                Experiment::from_plans(setup.description.clone(), &plans, &placement).to_toml("a header").unwrap();
+            assert!(text.starts_with("# a header\n"), "{text}");
+            let path = write(&format!("roundtrip-{}", argv.len()), &text);
+            let again = resolve(&run_args(&["--experiment", path.to_str().unwrap()])).unwrap();
+            assert_eq!(setup.runs.len(), again.runs.len());
+            for (a, b) in setup.runs.iter().zip(&again.runs) {
+                assert_eq!(a.plan, b.plan, "{argv:?}\n{text}");
+                assert_eq!((&a.out, &a.name), (&b.out, &b.name));
+            }
+            assert_eq!((setup.device, setup.dtype, setup.threads), (again.device, again.dtype, again.threads));
+        }
     }
 
     #[test]

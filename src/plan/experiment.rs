@@ -5,14 +5,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use super::Plan;
 use crate::decode::sampling::SamplingParams;
 use crate::model::source::WeightFormat;
 use crate::policies::parse_tokens;
 
 /// An experiment file. Paths are relative to the working directory (the repository root).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Experiment {
     pub description: Option<String>,
@@ -46,7 +47,7 @@ pub struct Experiment {
     pub predictors: BTreeMap<String, PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetRule {
     pub model: Option<String>,
@@ -59,7 +60,7 @@ pub struct BudgetRule {
     pub ratio: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Tokens {
     Count(u64),
@@ -75,14 +76,14 @@ impl Tokens {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(Tokens),
     Many(Vec<Tokens>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum SamplingSetting {
     Named(String),
@@ -105,7 +106,83 @@ impl SamplingSetting {
 /// The built-in benchmark: what `kvbench run` does with no `--model` and no `--experiment`.
 pub const BUILTIN_EXPERIMENT: &str = "experiments/builtin.toml";
 
+/// How a run is placed, beside its plans: what an experiment file holds that a plan does not.
+pub struct Placement<'a> {
+    pub device: &'a str,
+    pub dtype: Option<&'a str>,
+    pub threads: usize,
+    pub out: &'a Path,
+}
+
 impl Experiment {
+    /// The experiment file that resolves to exactly these plans (one per model, each with the model
+    /// as it was named) and placement: what `kvbench slurm` hands every array task.
+    pub fn from_plans(description: Option<String>, plans: &[(&str, &Plan)], placement: &Placement) -> Self {
+        let (_, first) = plans[0];
+        let several = plans.len() > 1;
+        let sampling = if first.sampling == SamplingParams::GREEDY {
+            SamplingSetting::Named("greedy".into())
+        } else if first.sampling == SamplingParams::PAPER {
+            SamplingSetting::Named("paper".into())
+        } else {
+            SamplingSetting::Custom(first.sampling)
+        };
+        let mut budgets = Vec::new();
+        for (model, plan) in plans {
+            for (dataset, list) in &plan.budgets {
+                // One rule per run of budgets sharing W and r, in the plan's order.
+                for b in list {
+                    let extend = budgets.last_mut().filter(|r: &&mut BudgetRule| {
+                        r.model.as_deref() == several.then_some(*model)
+                            && r.datasets.as_deref() == Some(std::slice::from_ref(dataset))
+                            && matches!(r.window, Tokens::Count(w) if w == b.window as u64)
+                            && r.ratio == b.ratio
+                    });
+                    match extend {
+                        Some(BudgetRule { budget: OneOrMany::Many(bs), .. }) => bs.push(Tokens::Count(b.budget as u64)),
+                        _ => budgets.push(BudgetRule {
+                            model: several.then(|| model.to_string()),
+                            datasets: Some(vec![dataset.clone()]),
+                            budget: OneOrMany::Many(vec![Tokens::Count(b.budget as u64)]),
+                            window: Tokens::Count(b.window as u64),
+                            ratio: b.ratio,
+                        }),
+                    }
+                }
+            }
+        }
+        Experiment {
+            description,
+            models: plans.iter().map(|(m, _)| m.to_string()).collect(),
+            datasets: Some(first.datasets.clone()),
+            policies: Some(first.policies.clone()),
+            budgets,
+            samples: Some(first.samples),
+            seed: Some(first.seed),
+            sampling: Some(sampling),
+            max_new_tokens: Some(first.max_new_tokens),
+            limit: first.limit,
+            ids: first.ids.clone(),
+            instruction: first.instruction.clone(),
+            system: first.system.clone(),
+            prefill_chunk: Some(first.prefill_chunk),
+            device: Some(placement.device.to_string()),
+            dtype: placement.dtype.map(str::to_string),
+            weights: Some(first.weights),
+            threads: Some(placement.threads),
+            batch: Some(first.batch),
+            out: Some(placement.out.to_path_buf()),
+            predictors: plans.iter().filter_map(|(m, p)| Some((m.to_string(), p.predictor.clone()?))).collect(),
+        }
+    }
+
+    /// The file's text: TOML, with a header saying where it came from.
+    pub fn to_toml(&self, header: &str) -> Result<String> {
+        let body = toml::to_string(self).context("writing an experiment file")?;
+        let header: String = header.lines().map(|l| format!("# {l}\n")).collect();
+        Ok(header + &body)
+    }
+
     pub fn builtin() -> Result<Self> {
         toml::from_str(include_str!("../../experiments/builtin.toml")).context("experiment experiments/builtin.toml")
     }

@@ -133,6 +133,12 @@ pub fn expand(plan: &Plan, data_dir: &Path) -> Result<Vec<Job>> {
     if plan.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    if plan.limit == Some(0) {
+        bail!("--limit must be at least 1 (it keeps the first N questions of each dataset)");
+    }
+    if plan.ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+        bail!("--ids names no question");
+    }
     if plan.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }

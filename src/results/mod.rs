@@ -1,6 +1,7 @@
 //! A results folder: `samples.jsonl` and `manifest.json` (`record`), `summary.csv` (`summary`),
-//! and the comparison of two folders (`check`, `kvbench check`).
+//! the comparison of two folders (`check`, `kvbench check`) and other tools' formats (`export`).
 
 pub mod check;
+pub mod export;
 pub mod record;
 pub mod summary;

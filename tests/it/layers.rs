@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["results"],
     &["eval", "toy"],
-    &["dynts", "bench", "plot"],
+    &["dynts", "bench", "plot", "slurm"],
     &["cli"],
 ];
 

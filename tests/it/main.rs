@@ -1,6 +1,6 @@
 //! kvbench's integration tests, one binary (a module per area; each states its property on top).
-//! The tests run the library and the `kvbench` binary; those that need the SmolLM2 test model skip
-//! without it unless `KVBENCH_REQUIRE_TEST_MODEL=1` (as `just test` sets).
+//! The tests run the library and the `kvbench` binary; those that need the SmolLM2 test model fetch
+//! it on first need (`common::test_model`).
 
 mod batch;
 mod bench;
@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod compaction;
 mod datasets;
+mod export;
 mod grade_cli;
 mod hf_loading;
 mod layers;
@@ -18,6 +19,7 @@ mod policies;
 mod quantized;
 mod resume;
 mod slots;
+mod slurm;
 mod smollm2;
 mod smollm2_policies;
 mod tokenizer_gguf;

@@ -1,13 +1,14 @@
 //! The tokenizer built from the SmolLM2 GGUF's metadata, checked on the real file.
 //!
-//! The GGUF lives at `models/SmolLM2-135M-Instruct.Q4_1.gguf`. When it is absent these tests
-//! print a skip notice and pass, unless `KVBENCH_REQUIRE_TEST_MODEL=1` (CI), where they fail.
+//! The GGUF lives at `models/SmolLM2-135M-Instruct.Q4_1.gguf`, fetched on first need
+//! ([`common::test_model`]).
 //!
 //! `reference_ids_match_transformers` compares against
 //! `tests/data/smollm2_tokenizer_reference.jsonl`: ids produced by HF transformers from the
 //! same GGUF (`add_special_tokens=False`) for the GSM8K `question`s and MATH-500 `problem`s
 //! found under `$KVBENCH_DATA_DIR` (default `../shared/datasets` beside the crate).
 
+use crate::common;
 use candle_core::quantized::gguf_file;
 use kvbench::model::chat_template::{ChatMessage, ChatTemplate};
 use kvbench::model::gguf_tokenizer::{chat_template_from_gguf, special_tokens_from_gguf, tokenizer_from_gguf};
@@ -17,31 +18,19 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tokenizers::Tokenizer;
 
-const MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const REFERENCE_FILE: &str = "tests/data/smollm2_tokenizer_reference.jsonl";
-
-fn required() -> bool {
-    std::env::var("KVBENCH_REQUIRE_TEST_MODEL").is_ok_and(|v| v == "1")
-}
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The GGUF path, or `None` (after a skip notice) when it is absent and not required.
+/// The GGUF path, or `None` when the tests that need it are skipped.
 fn model_path(test: &str) -> Option<PathBuf> {
-    let path = manifest_dir().join(MODEL_FILE);
-    if path.is_file() {
-        return Some(path);
+    let path = common::test_model();
+    if path.is_none() {
+        eprintln!("SKIP {test}");
     }
-    if required() {
-        panic!("KVBENCH_REQUIRE_TEST_MODEL=1 but the test model {} is missing (fetch it first)", path.display());
-    }
-    eprintln!(
-        "SKIP {test}: test model {} not found (set KVBENCH_REQUIRE_TEST_MODEL=1 to make this an error)",
-        path.display()
-    );
-    None
+    path
 }
 
 struct Loaded {
@@ -220,16 +209,7 @@ fn reference_ids_match_transformers() {
         let sha = r["ids_sha256"].as_str().expect("ids_sha256");
         if !texts.contains_key(&dataset) {
             let path = data.join(&dataset).join("test.jsonl");
-            if !path.is_file() {
-                if required() {
-                    panic!("dataset file {} is missing", path.display());
-                }
-                eprintln!(
-                    "SKIP reference_ids_match_transformers: dataset file {} not found (set KVBENCH_DATA_DIR)",
-                    path.display()
-                );
-                return;
-            }
+            assert!(path.is_file(), "dataset file {} is missing (set KVBENCH_DATA_DIR)", path.display());
             texts.insert(dataset.clone(), read_texts(&path, text_field(&dataset)));
         }
         let text = texts[&dataset].get(index).unwrap_or_else(|| panic!("{dataset} has no record {index}"));
