@@ -5,6 +5,7 @@
 //! skip with a message otherwise.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,6 +41,12 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A line on the test's stderr that the harness does not capture: CI's log shows the job ids and
+/// states each test saw.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Submits the built-in benchmark in 4 shards; returns (array id, merge id, out folder).
 fn submit(name: &str) -> (String, String, PathBuf) {
     let dir = root().join("target/slurm-tests").join(name);
@@ -60,7 +67,7 @@ fn submit(name: &str) -> (String, String, PathBuf) {
     else {
         panic!("no job ids in {stdout:?}")
     };
-    eprintln!("{name}: array job {array}, merge job {merge}");
+    report(&format!("{name}: array job {array}, merge job {merge}"));
     (array, merge.to_string(), out)
 }
 
@@ -130,7 +137,7 @@ fn the_builtin_benchmark_as_a_slurm_array_is_exact() {
     }
     let (array, merge, out) = submit("whole");
     let states = wait_for(&merge, &format!("{array},{merge}"));
-    eprintln!("sacct: {states:?}");
+    report(&format!("sacct -j {array},{merge}: {states:?}"));
     let tasks: Vec<&(String, String)> = states.iter().filter(|(j, _)| j.starts_with(&format!("{array}_"))).collect();
     assert_eq!(tasks.len(), 4, "{states:?}");
     assert!(tasks.iter().all(|(_, s)| s == "COMPLETED"), "{states:?}");
@@ -160,9 +167,9 @@ fn a_task_requeued_mid_run_resumes_its_shard() {
     run(Command::new("scontrol").args(["requeue", &task]));
     // A requeued job waits for a begin time; start it at once.
     run(Command::new("scontrol").args(["update", &format!("jobid={task}"), "StartTime=now"]));
-    eprintln!("requeued {task} after {written} of its samples");
+    report(&format!("requeued {task} after {written} of its samples"));
     let states = wait_for(&merge, &format!("{array},{merge}"));
-    eprintln!("sacct: {states:?}");
+    report(&format!("sacct -j {array},{merge}: {states:?}"));
     assert!(states.iter().any(|(j, s)| *j == task && s == "REQUEUED"), "{states:?}");
     let log = std::fs::read_to_string(out.join(format!("slurm/logs/{task}.log"))).unwrap();
     assert!(log.contains("restart 1"), "task {task} did not run again:\n{log}");
