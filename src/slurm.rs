@@ -18,7 +18,7 @@ pub struct SlurmPlan {
     /// The run's folder (`--out`): shards below it, merged results in it (one subfolder per model
     /// with several).
     pub out: PathBuf,
-    /// One results folder per model, relative to nothing: absolute or as named.
+    /// Each model's results folder (absolute): its shards below it, its merged result in it.
     pub model_outs: Vec<PathBuf>,
     pub shards: usize,
     /// The experiment file every task runs (written into `<out>/slurm/`).

@@ -249,6 +249,14 @@ fn run_plans(args: RunArgs) -> Result<Vec<std::path::PathBuf>> {
             r.plan.samples,
             r.out.display()
         );
+        if args.dry_run {
+            let bound = jobs.len() as u64 * r.plan.max_new_tokens as u64;
+            eprintln!(
+                "  decodes at most {bound} tokens in all ({} samples × max_new_tokens {})",
+                jobs.len(),
+                r.plan.max_new_tokens
+            );
+        }
         expanded.push(jobs);
     }
     if args.dry_run {

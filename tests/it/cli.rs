@@ -169,3 +169,13 @@ fn a_dry_run_reports_a_folder_of_another_plan() {
     let out = kvbench(&["run", "--dry-run", "--budget", "256", "--out", out_s], &[]);
     common::assert_usage_error(&out, &[out_s, "different plan", "budgets"]);
 }
+
+/// A dry run states the plan's size and its decoded tokens' bound.
+#[test]
+fn a_dry_run_states_the_token_bound() {
+    let out = kvbench(&["run", "--dry-run", "--limit", "3"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("on 24 samples"), "{stderr}");
+    assert!(stderr.contains("decodes at most 12288 tokens in all (24 samples × max_new_tokens 512)"), "{stderr}");
+}
