@@ -38,7 +38,7 @@ pub enum Command {
     /// Run a sweep on a Slurm cluster: the plan of `kvbench run` (the same flags and experiment
     /// files) as a job array of N shards and a merge that runs after all of them; writes the
     /// scripts into <out>/slurm/ and, with --submit, submits them.
-    Slurm(Box<SlurmArgs>),
+    Slurm(Box<super::slurm::SlurmArgs>),
     /// Combine the shard folders of one plan into one result.
     Merge(MergeArgs),
     /// Write a run's results in another tool's format: `lm-eval` = lm-evaluation-harness's results
@@ -367,52 +367,6 @@ pub struct RunArgs {
     /// Print the expanded plan and exit without loading the model.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-/// `kvbench slurm`: `kvbench run`'s plan plus the array's shape and the usual sbatch options.
-#[derive(Args, Debug)]
-pub struct SlurmArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Array tasks: the plan split into N shards, task i running `kvbench run --shard i/N`
-    /// (one per GPU on a GPU cluster).
-    #[arg(long)]
-    pub shards: usize,
-    /// Partition of every job (sbatch --partition).
-    #[arg(long)]
-    pub partition: Option<String>,
-    /// Account charged (sbatch --account).
-    #[arg(long)]
-    pub account: Option<String>,
-    /// Wall-time limit of each array task (sbatch --time, e.g. 12:00:00); a task cut short by it
-    /// resumes its shard when resubmitted.
-    #[arg(long)]
-    pub time: Option<String>,
-    /// Generic resources of each array task (sbatch --gres), e.g. gpu:1.
-    #[arg(long)]
-    pub gres: Option<String>,
-    /// CPUs of each array task (sbatch --cpus-per-task) [default: the plan's --threads].
-    #[arg(long)]
-    pub cpus_per_task: Option<usize>,
-    /// Memory of each array task (sbatch --mem, e.g. 64G) [default: the partition's].
-    #[arg(long)]
-    pub mem: Option<String>,
-    /// Another sbatch option for the array tasks, e.g. --sbatch=--qos=high; repeatable.
-    #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
-    pub sbatch: Vec<String>,
-    /// Name of the jobs [default: kvbench-<run folder name>; the merge job's adds -merge].
-    #[arg(long)]
-    pub job_name: Option<String>,
-    /// Folder of the figures the merge job draws [default: plots/<run>, as `kvbench plot`].
-    #[arg(long)]
-    pub plots: Option<PathBuf>,
-    /// The kvbench binary the jobs run [default: this one].
-    #[arg(long)]
-    pub kvbench: Option<PathBuf>,
-    /// Submit the array, then the merge with --dependency=afterok on it; without --submit the
-    /// scripts are only written.
-    #[arg(long)]
-    pub submit: bool,
 }
 
 #[derive(Args, Debug)]

@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Grade(args) => cmd_grade(args),
         Command::Export(args) => cmd_export(args),
         Command::Run(args) => cmd_run(*args),
-        Command::Slurm(args) => cmd_slurm(*args),
+        Command::Slurm(args) => super::slurm::cmd_slurm(*args),
         Command::Merge(args) => cmd_merge(args),
         Command::Plot(args) => cmd_plot(args),
         Command::TrainToy(args) => cmd_train_toy(args),
@@ -292,110 +292,6 @@ fn run_plans(args: RunArgs) -> Result<Vec<std::path::PathBuf>> {
         eprintln!("all models: {}", path.display());
     }
     Ok(summaries)
-}
-
-fn cmd_slurm(args: super::args::SlurmArgs) -> Result<u8> {
-    use crate::plan::experiment::{Experiment, Placement};
-    use crate::plan::{expand, Shard};
-    use crate::results::record::check_manifest;
-    if args.run.shard.is_some() {
-        bail!("kvbench slurm makes the shards itself (--shards N): drop --shard");
-    }
-    if args.run.dry_run {
-        bail!("kvbench slurm only writes its scripts unless --submit is given: drop --dry-run");
-    }
-    let setup = super::setup::resolve(&args.run)?;
-    let n = args.shards;
-    if n == 0 {
-        bail!("--shards must be at least 1");
-    }
-    // Every model's plan is checked, and every folder its jobs would write, before anything is
-    // written or submitted.
-    for r in &setup.runs {
-        let jobs = expand(&r.plan, &setup.data_dir)?;
-        for index in 0..n {
-            check_manifest(&r.out.join(format!("shard-{index}-of-{n}")), &r.plan, Some(Shard { index, count: n }))?;
-        }
-        check_manifest(&r.out, &r.plan, None)?;
-        eprintln!(
-            "plan: {} on {} samples = policies [{}] × n {}, in {n} shards → {}",
-            r.plan.model,
-            jobs.len(),
-            r.plan.policies.join(", "),
-            r.plan.samples,
-            r.out.display()
-        );
-    }
-    let workdir = std::env::current_dir().context("the working directory")?;
-    let absolute = |p: &std::path::Path| if p.is_absolute() { p.to_path_buf() } else { workdir.join(p) };
-    let plans: Vec<(&str, &crate::plan::Plan)> = setup.runs.iter().map(|r| (r.name.as_str(), &r.plan)).collect();
-    let placement = Placement {
-        device: &setup.device,
-        dtype: setup.dtype.as_deref(),
-        threads: setup.threads,
-        out: &setup.base_out,
-    };
-    let experiment = Experiment::from_plans(setup.description.clone(), &plans, &placement).to_toml(
-        "Written by `kvbench slurm`: the plan every array task runs (kvbench run --experiment THIS\n\
-         --shard i/N). Paths are relative to the jobs' working directory (the scripts' --chdir).",
-    )?;
-    let run_name = setup.base_out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let plan = crate::slurm::SlurmPlan {
-        out: setup.base_out.clone(),
-        model_outs: setup.runs.iter().map(|r| absolute(&r.out)).collect(),
-        shards: n,
-        experiment_toml: experiment,
-        data_dir: absolute(&setup.data_dir),
-        kvbench: match args.kvbench {
-            Some(k) => absolute(&k),
-            None => std::env::current_exe().context("this binary's path")?,
-        },
-        plots: args.plots.as_deref().map(absolute),
-        job_name: args.job_name.unwrap_or_else(|| format!("kvbench-{run_name}")),
-        options: crate::slurm::SbatchOptions {
-            partition: args.partition,
-            account: args.account,
-            time: args.time,
-            gres: args.gres,
-            cpus_per_task: args.cpus_per_task.unwrap_or(setup.threads),
-            mem: args.mem,
-            extra: args.sbatch,
-        },
-        workdir: workdir.clone(),
-    };
-    plan.validate()?;
-    let scripts = plan.write()?;
-    // The tasks must run exactly this plan: the written experiment file resolves to it.
-    let again = super::setup::resolve(&RunArgs { experiment: Some(scripts.experiment.clone()), ..Default::default() })
-        .with_context(|| format!("reading back {}", scripts.experiment.display()))?;
-    for (a, b) in setup.runs.iter().zip(&again.runs) {
-        let differing = crate::results::record::plan_differences(&a.plan, &b.plan)?;
-        if !differing.is_empty() || a.out != b.out {
-            bail!(
-                "{} does not reproduce the plan (differs in: {})",
-                scripts.experiment.display(),
-                differing.join(", ")
-            );
-        }
-    }
-    eprintln!("wrote {}: array.sbatch ({n} tasks), merge.sbatch, experiment.toml", scripts.dir.display());
-    if !args.submit {
-        eprintln!(
-            "submit: id=$(sbatch --parsable {}) && sbatch --dependency=afterok:$id {}   (or add --submit)",
-            scripts.array.display(),
-            scripts.merge.display()
-        );
-        return Ok(0);
-    }
-    let ids = crate::slurm::submit(&scripts)?;
-    println!("submitted array job {} ({n} tasks) and merge job {} (after all succeed)", ids.array, ids.merge);
-    eprintln!(
-        "watch: squeue -j {a},{m}   sacct -j {a},{m} -X   logs: {}",
-        scripts.dir.join("logs").display(),
-        a = ids.array,
-        m = ids.merge
-    );
-    Ok(0)
 }
 
 fn cmd_merge(args: MergeArgs) -> Result<u8> {

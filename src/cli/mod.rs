@@ -1,11 +1,12 @@
 //! The command line: clap types and shared argument groups (`args`), every default decided once
-//! (`defaults`), flags and an experiment file merged into a validated run setup (`setup`), and
-//! each command's body (`commands`).
+//! (`defaults`), flags and an experiment file merged into a validated run setup (`setup`), each
+//! command's body (`commands`), and `kvbench slurm`'s arguments and body (`slurm`).
 
 pub mod args;
 pub mod commands;
 pub mod defaults;
 pub mod setup;
+pub mod slurm;
 
 pub use args::{Cli, Command};
 pub use commands::run;
