@@ -202,8 +202,12 @@ pub struct BenchArgs {
     pub bandwidth_gib: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The CSV to write (atomically).
-    #[arg(long, default_value = "results/bench.csv")]
+    /// CPU threads for the kernels [default: every core]; to calibrate a CPU plan of T
+    /// `kvbench run` workers, one worker's share (cores / T).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// The CSV to write (atomically); `kvbench run --dry-run` reads it to estimate a plan's time.
+    #[arg(long, default_value = defaults::BENCH_CSV)]
     pub out: PathBuf,
 }
 
@@ -364,9 +368,18 @@ pub struct RunArgs {
     /// Run only part i of N of the plan (0-based, e.g. 0/4 … 3/4); `kvbench merge` joins the parts.
     #[arg(long)]
     pub shard: Option<String>,
-    /// Print the expanded plan and exit without loading the model.
+    /// Print the expanded plan and its estimated cost, and exit without loading the model.
     #[arg(long)]
     pub dry_run: bool,
+    /// The `kvbench bench` CSV whose rows for this model, device, dtype and weights time the
+    /// estimate of the dry run and of `kvbench slurm` [default: results/bench.csv, bench's own].
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// A run folder (e.g. this plan with --limit 5 and another --out) whose finished samples'
+    /// generated lengths stand in for this plan's in the estimate, where this plan's own folder
+    /// has none yet [default: max_new_tokens per sample].
+    #[arg(long)]
+    pub pilot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

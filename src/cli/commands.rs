@@ -108,6 +108,15 @@ fn cmd_dynts_train(args: super::args::DyntsTrainArgs) -> Result<u8> {
 
 fn cmd_bench(args: super::args::BenchArgs) -> Result<u8> {
     use crate::policies::parse_tokens;
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // candle's kernels read the variable; rayon's pool (the decoder's own kernels) is built
+        // with the same count before anything else uses it.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    }
     let names = crate::policies::registry::expand_names(&args.policies)?;
     let policies = names.iter().map(|n| PolicySpec::resolve(n, None)).collect::<Result<Vec<_>>>()?;
     let budget = crate::policies::Budget::from_flags(&args.budget, &args.window, args.ratio)?;
@@ -218,6 +227,7 @@ fn run_plans(args: RunArgs) -> Result<Vec<std::path::PathBuf>> {
     use crate::eval::worker::{run, RunConfig};
     use crate::plan::{budget_label, expand};
     let setup = super::setup::resolve(&args)?;
+    let estimate_inputs = if args.dry_run { Some(super::estimate::EstimateInputs::from_args(&args)?) } else { None };
     if args.model.is_none() && args.experiment.is_none() {
         eprintln!(
             "no --model or --experiment: running the built-in benchmark ({}: the toy model on synthetic-chain)",
@@ -249,13 +259,17 @@ fn run_plans(args: RunArgs) -> Result<Vec<std::path::PathBuf>> {
             r.plan.samples,
             r.out.display()
         );
-        if args.dry_run {
+        if let Some(inputs) = &estimate_inputs {
             let bound = jobs.len() as u64 * r.plan.max_new_tokens as u64;
             eprintln!(
                 "  decodes at most {bound} tokens in all ({} samples × max_new_tokens {})",
                 jobs.len(),
                 r.plan.max_new_tokens
             );
+            let part = crate::plan::shard_jobs(&r.plan, jobs.clone(), setup.shard);
+            for line in super::estimate::describe(&setup, r, &part, inputs, None)? {
+                eprintln!("  {line}");
+            }
         }
         expanded.push(jobs);
     }

@@ -21,3 +21,5 @@ pub const SAMPLES: usize = 1;
 pub const DATASET: &str = "gsm8k";
 /// `all`: the eight policies of the DynTS figure.
 pub const POLICIES: &str = "all";
+/// `kvbench bench`'s CSV, which is also where a plan's time estimate looks for its calibration.
+pub const BENCH_CSV: &str = "results/bench.csv";

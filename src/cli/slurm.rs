@@ -65,6 +65,7 @@ pub fn cmd_slurm(args: SlurmArgs) -> Result<u8> {
         bail!("kvbench slurm only writes its scripts unless --submit is given: drop --dry-run");
     }
     let setup = super::setup::resolve(&args.run)?;
+    let estimate_inputs = super::estimate::EstimateInputs::from_args(&args.run)?;
     let n = args.shards;
     if n == 0 {
         bail!("--shards must be at least 1");
@@ -85,6 +86,9 @@ pub fn cmd_slurm(args: SlurmArgs) -> Result<u8> {
             r.plan.samples,
             r.out.display()
         );
+        for line in super::estimate::describe(&setup, r, &jobs, &estimate_inputs, Some(n))? {
+            eprintln!("  {line}");
+        }
     }
     let workdir = std::env::current_dir().context("the working directory")?;
     let absolute = |p: &std::path::Path| if p.is_absolute() { p.to_path_buf() } else { workdir.join(p) };

@@ -5,22 +5,22 @@ use anyhow::Result;
 
 use crate::data::Question;
 use crate::model::chat_template::ChatMessage;
-use crate::model::source::{encode, LoadedModel};
+use crate::model::source::{encode, Prompting};
 use crate::plan::Plan;
 
 /// The prompt's token ids for question `q` under `plan`.
-pub fn render_prompt(lm: &LoadedModel, plan: &Plan, q: &Question) -> Result<Vec<u32>> {
+pub fn render_prompt(lm: &impl Prompting, plan: &Plan, q: &Question) -> Result<Vec<u32>> {
     let mut content = q.question.clone();
     if let Some(instr) = &plan.instruction {
         content = format!("{content}\n{instr}");
     }
-    encode(&lm.tokenizer, &prompt_text(lm, plan.system.as_deref(), content)?)
+    encode(lm.tokenizer(), &prompt_text(lm, plan.system.as_deref(), content)?)
 }
 
 /// A user message (after an optional system message) as the model is prompted with it: through
 /// its chat template, if it has one; else the two texts one after the other.
-pub fn prompt_text(lm: &LoadedModel, system: Option<&str>, content: String) -> Result<String> {
-    Ok(match (&lm.chat_template, system) {
+pub fn prompt_text(lm: &impl Prompting, system: Option<&str>, content: String) -> Result<String> {
+    Ok(match (lm.chat_template(), system) {
         (Some(t), None) => t.render(&[ChatMessage::user(content)], true)?,
         (Some(t), Some(s)) => t.render(&[ChatMessage::system(s), ChatMessage::user(content)], true)?,
         (None, None) => content,

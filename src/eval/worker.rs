@@ -23,7 +23,7 @@ use super::sample::{cache_capacity, decode_batch, finish_job, job_params, start_
 use crate::data;
 use crate::io::{file_fingerprint, write_atomic};
 use crate::model::source::{load, LoadOptions, LoadedModel, ModelSource};
-use crate::plan::{specs, Job, Plan, Shard};
+use crate::plan::{shard_jobs, specs, Job, Plan, Shard};
 use crate::policies::PolicySpec;
 use crate::results::record::{check_manifest, read_samples, Manifest};
 use crate::results::summary::write_summary;
@@ -51,15 +51,7 @@ pub struct RunReport {
 /// Runs the jobs of `plan` (this shard's part of them) that `cfg.out` does not hold yet.
 pub fn run(plan: &Plan, jobs: Vec<Job>, cfg: &RunConfig) -> Result<RunReport> {
     let out = &cfg.out;
-    // Shards take whole batch-sized groups of the plan's order, as they always have.
-    let groups: Vec<Vec<Job>> = jobs.chunks(plan.batch.max(1)).map(|g| g.to_vec()).collect();
-    let jobs: Vec<Job> = match cfg.shard {
-        Some(shard) => shard.select(groups),
-        None => groups,
-    }
-    .into_iter()
-    .flatten()
-    .collect();
+    let jobs = shard_jobs(plan, jobs, cfg.shard);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     check_manifest(out, plan, cfg.shard)?;
     let samples_path = out.join("samples.jsonl");

@@ -17,7 +17,7 @@ use candle_nn::VarBuilder;
 use super::chat_template::ChatTemplate;
 use super::config::{Arch, ModelConfig};
 use super::gguf_tokenizer::{chat_template_from_gguf, special_tokens_from_gguf, tokenizer_from_gguf};
-use super::source::{LoadOptions, LoadedModel, ModelSource, WeightFormat};
+use super::source::{LoadOptions, LoadedModel, ModelSource, ModelText, WeightFormat};
 use super::transformer::{QuantizedWeights, Transformer};
 
 fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -180,6 +180,24 @@ fn unreadable(path: &Path, e: &candle_core::Error) -> anyhow::Error {
     }
 }
 
+/// The tokenizer and chat template of a GGUF, from its metadata alone (no tensor is read).
+pub(super) fn read_gguf_text(path: &Path) -> Result<ModelText> {
+    let mut file = File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| unreadable(path, &e))?;
+    text_from_gguf(&content)
+}
+
+fn text_from_gguf(content: &gguf_file::Content) -> Result<ModelText> {
+    let special = special_tokens_from_gguf(content);
+    let chat_template = match chat_template_from_gguf(content) {
+        Some(t) => {
+            Some(ChatTemplate::new(&t, special.bos_text, special.eos_text).context("chat template in the GGUF")?)
+        }
+        None => None,
+    };
+    Ok(ModelText { tokenizer: tokenizer_from_gguf(content)?, chat_template })
+}
+
 pub(super) fn load_gguf(source: &ModelSource, path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let mut file = File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
     let content = gguf_file::Content::read(&mut file).map_err(|e| unreadable(path, &e))?;
@@ -192,15 +210,8 @@ pub(super) fn load_gguf(source: &ModelSource, path: &Path, opts: &LoadOptions) -
         }
     }
     let cfg = config_from_gguf(&content)?;
-    let tokenizer = tokenizer_from_gguf(&content)?;
     let special = special_tokens_from_gguf(&content);
-    let chat_template = match chat_template_from_gguf(&content) {
-        Some(t) => Some(
-            ChatTemplate::new(&t, special.bos_text.clone(), special.eos_text.clone())
-                .context("chat template in the GGUF")?,
-        ),
-        None => None,
-    };
+    let ModelText { tokenizer, chat_template } = text_from_gguf(&content)?;
     let native = opts.weights == WeightFormat::Native;
     let mut tensors = HashMap::new();
     let mut quantized = QuantizedWeights::new();

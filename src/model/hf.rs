@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::ChatTemplate;
 use super::config::ModelConfig;
-use super::source::{LoadOptions, LoadedModel, ModelSource};
+use super::source::{LoadOptions, LoadedModel, ModelSource, ModelText};
 use super::transformer::Transformer;
 use crate::io::hf_cache_dir;
 
@@ -149,44 +149,11 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
 pub(super) fn load_hf(source: &ModelSource, files: &HfFiles, opts: &LoadOptions) -> Result<LoadedModel> {
     let text = std::fs::read_to_string(&files.config).with_context(|| format!("reading {}", files.config.display()))?;
     let cfg = ModelConfig::from_hf_json(&text).with_context(|| format!("in {}", files.config.display()))?;
-    let tokenizer = Tokenizer::from_file(&files.tokenizer)
-        .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", files.tokenizer.display()))?;
+    let (text, eos_text_id) =
+        read_text(&files.tokenizer, files.tokenizer_config.as_deref(), files.chat_template.as_deref())?;
+    let ModelText { tokenizer, chat_template } = text;
     let mut eos = cfg.eos_token_ids.clone();
-    let mut chat_template = None;
-    let (mut bos, mut eos_text, mut template) = (None, None, None);
-    if let Some(path) = &files.tokenizer_config {
-        let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("parsing {}", path.display()))?;
-        let token_text = |key: &str| -> Option<String> {
-            match &tc[key] {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-                _ => None,
-            }
-        };
-        (bos, eos_text) = (token_text("bos_token"), token_text("eos_token"));
-        if let Some(id) = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
-            eos.push(id);
-        }
-        template = match &tc["chat_template"] {
-            serde_json::Value::String(s) => Some((s.clone(), path.clone())),
-            // A list of named templates: use "default".
-            serde_json::Value::Array(list) => list
-                .iter()
-                .find(|t| t["name"] == "default")
-                .and_then(|t| t["template"].as_str())
-                .map(|t| (t.to_string(), path.clone())),
-            _ => None,
-        };
-    }
-    if let (None, Some(path)) = (&template, &files.chat_template) {
-        template =
-            Some((std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?, path.clone()));
-    }
-    if let Some((t, path)) = template {
-        chat_template =
-            Some(ChatTemplate::new(&t, bos, eos_text).with_context(|| format!("chat template of {}", path.display()))?);
-    }
+    eos.extend(eos_text_id);
     if let Some(path) = &files.generation_config {
         let gc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)
             .with_context(|| format!("parsing {}", path.display()))?;
@@ -215,6 +182,75 @@ pub(super) fn load_hf(source: &ModelSource, files: &HfFiles, opts: &LoadOptions)
         bos_token_id,
         files: all_files,
     })
+}
+
+/// The tokenizer and chat template of an HF model, and the id of tokenizer_config.json's
+/// `eos_token`.
+fn read_text(
+    tokenizer: &Path,
+    tokenizer_config: Option<&Path>,
+    chat_template_file: Option<&Path>,
+) -> Result<(ModelText, Option<u32>)> {
+    let tokenizer =
+        Tokenizer::from_file(tokenizer).map_err(|e| anyhow!("cannot read tokenizer {}: {e}", tokenizer.display()))?;
+    let (mut bos, mut eos_text, mut template) = (None, None, None);
+    if let Some(path) = tokenizer_config {
+        let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let token_text = |key: &str| -> Option<String> {
+            match &tc[key] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+                _ => None,
+            }
+        };
+        (bos, eos_text) = (token_text("bos_token"), token_text("eos_token"));
+        template = match &tc["chat_template"] {
+            serde_json::Value::String(s) => Some((s.clone(), path.to_path_buf())),
+            // A list of named templates: use "default".
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(|t| (t.to_string(), path.to_path_buf())),
+            _ => None,
+        };
+    }
+    if let (None, Some(path)) = (&template, chat_template_file) {
+        template = Some((
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.to_path_buf(),
+        ));
+    }
+    let eos_id = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t));
+    let chat_template = match template {
+        Some((t, path)) => {
+            Some(ChatTemplate::new(&t, bos, eos_text).with_context(|| format!("chat template of {}", path.display()))?)
+        }
+        None => None,
+    };
+    Ok((ModelText { tokenizer, chat_template }, eos_id))
+}
+
+/// The tokenizer and chat template of a model directory; its weights need not be there.
+pub(super) fn read_dir_text(dir: &Path) -> Result<ModelText> {
+    let tokenizer = dir.join("tokenizer.json");
+    if !tokenizer.is_file() {
+        bail!("tokenizer.json is missing from the model directory {}", dir.display());
+    }
+    let opt = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    Ok(read_text(&tokenizer, opt("tokenizer_config.json").as_deref(), opt(CHAT_TEMPLATE).as_deref())?.0)
+}
+
+/// The tokenizer and chat template of a hub model, from the local HF cache only (nothing is
+/// downloaded for a plan's estimate).
+pub(super) fn read_cached_hub_text(repo: &str, revision: &str) -> Result<ModelText> {
+    let cached = CachedRepo { root: hf_cache_dir(), repo: repo.to_string(), revision: revision.to_string() };
+    let tokenizer = cached
+        .get("tokenizer.json")
+        .with_context(|| format!("{repo}@{revision}'s tokenizer.json is not in the local HF cache"))?;
+    let config = cached.get("tokenizer_config.json");
+    Ok(read_text(&tokenizer, config.as_deref(), cached.get(CHAT_TEMPLATE).as_deref())?.0)
 }
 
 /// Validates a safetensors header against the file length before the file is memory-mapped, so a

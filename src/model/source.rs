@@ -86,6 +86,48 @@ impl ModelSource {
     }
 }
 
+/// What turns a question into prompt tokens: the tokenizer and the chat template.
+pub struct ModelText {
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+/// The text side of a loaded model or of a [`ModelText`] alone.
+pub trait Prompting {
+    fn tokenizer(&self) -> &Tokenizer;
+    fn chat_template(&self) -> Option<&ChatTemplate>;
+}
+
+impl Prompting for ModelText {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+}
+
+impl Prompting for LoadedModel {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+}
+
+/// A model's [`ModelText`] without its weights (a plan's estimate counts prompt tokens with it): a
+/// GGUF's metadata, a directory's tokenizer files, a hub model's from the local HF cache.
+pub fn load_text(source: &ModelSource) -> Result<ModelText> {
+    match source {
+        ModelSource::Gguf { path } => super::gguf::read_gguf_text(path),
+        ModelSource::HfDir { path } => super::hf::read_dir_text(path),
+        ModelSource::Hub { repo, revision } => super::hf::read_cached_hub_text(repo, revision),
+        ModelSource::BuiltIn { .. } => super::hf::read_dir_text(&builtin_dir()),
+    }
+    .with_context(|| format!("reading the tokenizer of {}", source.display()))
+}
+
 /// Everything needed to prompt and decode: weights, tokenizer, template, stop tokens.
 pub struct LoadedModel {
     pub source: ModelSource,

@@ -2,6 +2,7 @@
 //! jobs and checked (names, budgets, policy parameters, the predictor, dataset files) before any
 //! weight is loaded. A results folder belongs to exactly one plan.
 
+pub mod estimate;
 pub mod experiment;
 
 use std::collections::BTreeMap;
@@ -84,6 +85,13 @@ impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
     }
+}
+
+/// The jobs of `shard` (all without one): shards take whole batch-sized groups of the plan's order.
+pub fn shard_jobs(plan: &Plan, jobs: Vec<Job>, shard: Option<Shard>) -> Vec<Job> {
+    let Some(shard) = shard else { return jobs };
+    let groups: Vec<Vec<Job>> = jobs.chunks(plan.batch.max(1)).map(|g| g.to_vec()).collect();
+    shard.select(groups).into_iter().flatten().collect()
 }
 
 /// One sample to run: the key `dataset/question/policy/budget/sample` names it.

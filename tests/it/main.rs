@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod compaction;
 mod datasets;
+mod estimate;
 mod export;
 mod grade_cli;
 mod hf_loading;
