@@ -72,7 +72,8 @@ fn quote(p: impl AsRef<std::ffi::OsStr>) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn absolute(p: &Path, workdir: &Path) -> PathBuf {
+/// `p`, relative to `workdir` unless it is absolute.
+pub fn absolute(p: &Path, workdir: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -187,6 +188,18 @@ impl SlurmPlan {
             };
             l.push(format!("\"$kvbench\" plot {}{plot_out}", quote(out.join("summary.csv"))));
         }
+        if self.model_outs.len() > 1 {
+            // Every sample is in place, so `kvbench run` decodes nothing and loads no weights: it
+            // writes the models' combined summary.csv, as an unsharded run does.
+            l.push(format!(
+                "\"$kvbench\" run --experiment {} --data-dir {}",
+                quote(self.dir().join("experiment.toml")),
+                quote(&self.data_dir)
+            ));
+            let combined = absolute(&self.out, &self.workdir).join("summary.csv");
+            let plot_out = self.plots.as_ref().map(|p| format!(" --out {}", quote(p))).unwrap_or_default();
+            l.push(format!("\"$kvbench\" plot {}{plot_out}", quote(combined)));
+        }
         l.join("\n") + "\n"
     }
 
@@ -283,6 +296,27 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("\"$kvbench\" plot '/work/results/run one/summary.csv'"), "{m}");
+        assert!(!m.contains(" run "), "one model needs no combined summary: {m}");
+    }
+
+    /// With several models each is merged and drawn, then their combined summary is written (by a
+    /// `kvbench run` that finds every sample in place) and drawn.
+    #[test]
+    fn the_merge_of_several_models_writes_their_combined_summary() {
+        let mut p = plan();
+        p.model_outs = vec!["/work/results/run one/a".into(), "/work/results/run one/b".into()];
+        p.plots = Some("/work/plots/run".into());
+        let m = p.merge_script();
+        let lines: Vec<&str> = m.lines().filter(|l| l.starts_with("\"$kvbench\"")).collect();
+        assert_eq!(lines.len(), 6, "{m}");
+        assert!(lines[0].contains(" merge ") && lines[0].contains("--out '/work/results/run one/a'"), "{m}");
+        assert_eq!(lines[1], "\"$kvbench\" plot '/work/results/run one/a/summary.csv' --out /work/plots/run/a");
+        assert!(lines[2].contains(" merge ") && lines[2].contains("--out '/work/results/run one/b'"), "{m}");
+        assert_eq!(
+            lines[4],
+            "\"$kvbench\" run --experiment '/work/results/run one/slurm/experiment.toml' --data-dir /data"
+        );
+        assert_eq!(lines[5], "\"$kvbench\" plot '/work/results/run one/summary.csv' --out /work/plots/run");
     }
 
     #[test]

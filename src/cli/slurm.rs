@@ -91,7 +91,7 @@ pub fn cmd_slurm(args: SlurmArgs) -> Result<u8> {
         }
     }
     let workdir = std::env::current_dir().context("the working directory")?;
-    let absolute = |p: &std::path::Path| if p.is_absolute() { p.to_path_buf() } else { workdir.join(p) };
+    let absolute = |p: &std::path::Path| crate::slurm::absolute(p, &workdir);
     let plans: Vec<(&str, &crate::plan::Plan)> = setup.runs.iter().map(|r| (r.name.as_str(), &r.plan)).collect();
     let placement = Placement {
         device: &setup.device,

@@ -58,6 +58,12 @@ pub fn run(plan: &Plan, jobs: Vec<Job>, cfg: &RunConfig) -> Result<RunReport> {
     let finished = read_samples(&samples_path)?;
     let done: HashSet<String> = finished.iter().map(|r| r.key.clone()).collect();
     let (todo, skipped): (Vec<&Job>, Vec<&Job>) = jobs.iter().partition(|j| !done.contains(&j.key(plan)));
+    if todo.is_empty() && out.join("manifest.json").is_file() {
+        // Nothing to decode: the summary is recomputed without loading the weights, and the
+        // manifest of the run that made the samples stays as it was.
+        write_summary(out, &finished, &plan.model)?;
+        return Ok(RunReport { ran: 0, skipped: skipped.len(), slot_occupancy: None });
+    }
     let lm = load(&cfg.source, &cfg.load)?;
     let specs = specs(plan)?;
     let capacity = check_prompts_fit(&lm, plan, &specs, &todo)?;

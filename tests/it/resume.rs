@@ -276,3 +276,36 @@ fn three_shards_merged_equal_an_uninterrupted_run() {
     refused(&[all[0], all[1], foreign.to_str().unwrap()], "different plan");
     refused(&[reference.to_str().unwrap()], "holds a whole plan");
 }
+
+/// A run whose folder holds every sample decodes nothing and loads no weights: it recomputes the
+/// summary (every column the reference's has, the same text) and leaves the manifest of the run
+/// that made the samples as it was.
+#[test]
+fn a_finished_run_rewrites_only_its_summary() {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/builtin-reference");
+    let out = std::env::temp_dir().join(format!("kvbench-resume-{}-finished", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["manifest.json", "samples.jsonl"] {
+        std::fs::copy(reference.join(f), out.join(f)).unwrap();
+    }
+    let o = run(&["run", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("ran 0 samples, 1600 already done"), "{stderr}");
+    let text = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    assert_eq!(text(out.join("manifest.json")), text(reference.join("manifest.json")));
+    let table = |p: PathBuf| -> Vec<BTreeMap<String, String>> {
+        let mut r = csv::Reader::from_path(p).unwrap();
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        r.records().map(|row| header.iter().cloned().zip(row.unwrap().iter().map(String::from)).collect()).collect()
+    };
+    let (got, want) = (table(out.join("summary.csv")), table(reference.join("summary.csv")));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        for (column, value) in w {
+            assert_eq!(g.get(column), Some(value), "{column} of {w:?}");
+        }
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
