@@ -74,13 +74,19 @@ pub struct CheckArgs {
     /// The reference run (folder or summary.csv), e.g. results/builtin-reference.
     #[arg(long)]
     pub against: PathBuf,
-    /// Fixed tolerance in accuracy points [default: exact for greedy runs on the same machine kind,
-    /// else --z standard errors of the difference of the two proportions].
+    /// Fixed tolerance in accuracy points [default: exact for greedy runs with the same
+    /// arithmetic; else paired on the two runs' samples (McNemar on the flipped answers); else
+    /// --z standard errors of the difference of the two proportions].
     #[arg(long)]
     pub tolerance: Option<f64>,
-    /// Standard errors allowed by the statistical rule.
+    /// Standard errors of the unpaired rule; the paired rule's level is their two-sided tail
+    /// (3: p < 0.0027).
     #[arg(long, default_value_t = 3.0)]
     pub z: f64,
+    /// Paired rule, greedy runs: the % of a configuration's answers that may flip either way
+    /// (another arithmetic flips greedy answers only at near-ties).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_flipped: f64,
 }
 
 #[derive(Subcommand, Debug)]

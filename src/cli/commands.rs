@@ -48,7 +48,7 @@ fn main_job() -> Result<u8> {
 }
 
 fn cmd_check(args: super::args::CheckArgs) -> Result<u8> {
-    let o = crate::results::check::CheckOptions { tolerance: args.tolerance, z: args.z };
+    let o = crate::results::check::CheckOptions { tolerance: args.tolerance, z: args.z, max_flipped: args.max_flipped };
     let report = crate::results::check::check(&args.result, &args.against, &o)?;
     print!("{}", report.table());
     Ok(if report.passed() { 0 } else { 1 })

@@ -193,6 +193,7 @@ fn write_manifest(
         "git_commit": option_env!("KVBENCH_GIT_COMMIT").unwrap_or("unknown"),
         "device": format!("{:?}", lm.model.device()),
         "machine": machine_kind(lm.model.device()),
+        "arithmetic": arithmetic_kind(lm.model.device(), lm.model.dtype(), lm.model.is_quantized()),
         "dtype": format!("{:?}", lm.model.dtype()),
         "threads": cfg.threads,
         "slot_occupancy": slot_occupancy,
@@ -206,8 +207,66 @@ fn write_manifest(
     write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())
 }
 
-/// The kind of machine a run's numbers come from: greedy results are reproducible on the same
-/// kind (`kvbench check` compares them exactly), not across CPU models or GPUs.
+/// What decides a run's arithmetic, the key of `kvbench check`'s exact rule: the device, and on a
+/// CPU the architecture, the instruction sets its kernels choose among at run time — gemm's f32
+/// products (AVX-512F, else FMA), candle's quantized dot products for native weights (AVX-512
+/// VNNI and BW, AVX2), its half-precision conversions for 16-bit dtypes (F16C, AVX-512 BF16) —
+/// and those the binary was compiled to assume. Not the CPU's name: two CPU models with the same
+/// instruction sets compute the same bits.
+fn arithmetic_kind(device: &candle_core::Device, dtype: candle_core::DType, quantized: bool) -> String {
+    if !device.is_cpu() {
+        return format!("{device:?}");
+    }
+    let mut used: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut check = |name: &'static str, present: bool| {
+            if present {
+                used.push(name);
+            }
+        };
+        check("avx512f", std::is_x86_feature_detected!("avx512f"));
+        check("fma", std::is_x86_feature_detected!("fma"));
+        if quantized {
+            check("avx512vnni", std::is_x86_feature_detected!("avx512vnni"));
+            check("avx512bw", std::is_x86_feature_detected!("avx512bw"));
+            check("avx2", std::is_x86_feature_detected!("avx2"));
+        }
+        if dtype != candle_core::DType::F32 {
+            check("f16c", std::is_x86_feature_detected!("f16c"));
+            check("avx512bf16", std::is_x86_feature_detected!("avx512bf16"));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        used.push("neon");
+        if quantized && std::arch::is_aarch64_feature_detected!("dotprod") {
+            used.push("dotprod");
+        }
+        if quantized && std::arch::is_aarch64_feature_detected!("i8mm") {
+            used.push("i8mm");
+        }
+    }
+    let compiled: Vec<&str> = [
+        ("avx", cfg!(target_feature = "avx")),
+        ("avx2", cfg!(target_feature = "avx2")),
+        ("fma", cfg!(target_feature = "fma")),
+        ("f16c", cfg!(target_feature = "f16c")),
+        ("avx512f", cfg!(target_feature = "avx512f")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    format!(
+        "cpu {}; kernels: {}; compiled for: {}",
+        std::env::consts::ARCH,
+        if used.is_empty() { "baseline".to_string() } else { used.join(" ") },
+        if compiled.is_empty() { "baseline".to_string() } else { compiled.join(" ") }
+    )
+}
+
+/// The machine a run's numbers come from, by name (for the reader; the exact rule of `kvbench
+/// check` keys on the arithmetic).
 fn machine_kind(device: &candle_core::Device) -> String {
     if !device.is_cpu() {
         return format!("{device:?}");

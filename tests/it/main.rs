@@ -5,6 +5,7 @@
 mod batch;
 mod bench;
 mod builtin;
+mod check_gate;
 mod cli;
 mod common;
 mod compaction;
