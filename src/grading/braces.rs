@@ -45,6 +45,15 @@ pub(super) fn fix_args(s: &str, depth: usize) -> String {
             }
             _ => 0,
         };
+        // `\sqrt10` is √1·0 to LaTeX, but a digit run there is written for √10 (the toolkit reads it so).
+        if name == "sqrt" && cs.get(i).is_some_and(char::is_ascii_digit) {
+            let end = (i..cs.len()).find(|&k| !cs[k].is_ascii_digit()).unwrap_or(cs.len());
+            out.push('{');
+            out.extend(&cs[i..end]);
+            out.push('}');
+            i = end;
+            continue;
+        }
         for _ in 0..args {
             let Some((content, next)) = take_arg(&cs, &pairs, i) else { break };
             out.push('{');

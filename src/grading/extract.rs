@@ -44,8 +44,11 @@ fn extract_math(text: &str, kind: AnswerKind) -> Option<(String, &'static str)> 
     }
     for phrase in ["the answer is", "final answer is"] {
         if let Some(rest) = after_phrase(text, phrase) {
+            // "The answer is 18 dollars" is 18; "the answer is either 50 or 53" is not one number.
             let answer = match kind {
-                AnswerKind::Numeric => first_number(&rest).map(str::to_string).unwrap_or(rest),
+                AnswerKind::Numeric if count_numbers(&rest) == 1 => {
+                    first_number(&rest).map(str::to_string).unwrap_or(rest)
+                }
                 _ => rest,
             };
             if !answer.is_empty() {
@@ -137,6 +140,15 @@ fn cut_sentence(line: &str) -> &str {
         }
     }
     line
+}
+
+fn count_numbers(text: &str) -> usize {
+    let mut n = 0;
+    scan_numbers(text, |_| {
+        n += 1;
+        true
+    });
+    n
 }
 
 fn first_number(text: &str) -> Option<&str> {

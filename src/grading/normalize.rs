@@ -12,7 +12,9 @@
 //! `\pi r`); infinity spellings; a single-variable left-hand side ("x=5" → "5", "y = 2x+3" →
 //! "2x+3", "f(x)=2x" → "2x", `x\in[1,2]` → "[1,2]"); "27.0" → "27", ".5" → "0.5"; `\frac12` → `\frac{1}{2}`,
 //! `\frac1b`, `\sqrt2` → `\sqrt{2}` (one token, as LaTeX reads it); `x^{2}` → `x^2`; "3/4" →
-//! `\frac{3}{4}`; outer braces without a top-level comma; a trailing period.
+//! `\frac{3}{4}`; outer braces without a top-level comma; a trailing period. Also, as the toolkit
+//! does: a whole answer in number words ("seventeen", "two hundred") → its digits; "inf" →
+//! `\infty`; `j` as the imaginary unit ("3+4j") → `i`.
 //!
 //! Differences from the toolkit: its unit list removes lone letters ("a", "m", "s", …) and
 //! "and" anywhere; here units are words of two or more letters after a number, and a spaced
@@ -38,11 +40,14 @@ pub(super) fn normalize_full(input: &str) -> Normalized {
     let s = unwrap_text(&s);
     let s = matrices(&s);
     let s = strip_unit_words(s.trim(), &mut percent);
+    let s = number_words(&s).unwrap_or(s);
     let s = s.replace(" and ", ", ").replace(" or ", ", ");
     let s = trim_edges(&s);
     let s = join_thousands(&s);
     let s = remove_spaces(&s);
     let s = fix_infinity(&s);
+    let s = imaginary_j(&s);
+    let s = function_parens(&s);
     let s = strip_variable_prefix(&s);
     let s = fix_decimals(&s);
     let s = fix_args(&s, 0);
@@ -435,7 +440,72 @@ fn remove_spaces(s: &str) -> String {
     out
 }
 
+/// A whole answer spelled in English number words ("seventeen", "two hundred", "one thousand
+/// two hundred and five", "twenty-one"), as the toolkit's `word2number` reads it; `None` when any
+/// word is not one (so "a" or "one of them" stay text).
+fn number_words(s: &str) -> Option<String> {
+    const SMALL: &[&str] = &[
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: &[&str] = &["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
+    let lower = s.trim().to_ascii_lowercase();
+    let words: Vec<&str> = lower.split([' ', '-']).filter(|w| !w.is_empty() && *w != "and").collect();
+    let (mut total, mut group, mut any) = (0u64, 0u64, false);
+    for w in &words {
+        if let Some(n) = SMALL.iter().position(|x| x == w) {
+            group += n as u64;
+        } else if let Some(n) = TENS.iter().position(|x| x == w) {
+            group += 20 + 10 * n as u64;
+        } else if *w == "hundred" {
+            group = group.max(1) * 100;
+        } else if let Some(scale) = match *w {
+            "thousand" => Some(1_000u64),
+            "million" => Some(1_000_000),
+            "billion" => Some(1_000_000_000),
+            _ => None,
+        } {
+            total += group.max(1) * scale;
+            group = 0;
+        } else {
+            return None;
+        }
+        any = true;
+    }
+    any.then(|| (total + group).to_string())
+}
+
+/// `j` for the imaginary unit ("3+4j", Python's spelling) when it is the answer's only letter
+/// and the answer holds no command.
+fn imaginary_j(s: &str) -> String {
+    let mut letters = s.chars().filter(char::is_ascii_alphabetic);
+    if s.contains('\\') || letters.clone().next().is_none() || !letters.all(|c| c == 'j') {
+        return s.to_string();
+    }
+    s.replace('j', "i")
+}
+
 fn fix_infinity(s: &str) -> String {
+    // "inf" alone (Python's spelling); not inside "infinity" or `\infty`.
+    let s = replace_word(s, "inf", "\\infty");
     let mut s = s.replace("infinity", "\\infty").replace("\\\\infty", "\\infty");
     for lead in [",", "(", "["] {
         s = s.replace(&format!("{lead}+\\infty"), &format!("{lead}\\infty"));
@@ -449,6 +519,62 @@ fn fix_infinity(s: &str) -> String {
     s
 }
 
+/// `\cot(x)` → `\cot x`, `\sin(3x)` → `\sin3x`: parentheses around a function's plain argument
+/// (letters and digits) are how the same answer is often written.
+fn function_parens(s: &str) -> String {
+    const FUNCTIONS: &[&str] = &[
+        "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "ln", "log",
+        "exp",
+    ];
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let name = &rest[..name_len];
+        out.push('\\');
+        out.push_str(name);
+        rest = &rest[name_len..];
+        if !FUNCTIONS.contains(&name) {
+            continue;
+        }
+        let Some(inner) = rest.strip_prefix('(') else { continue };
+        let len = inner.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        if len == 0 || inner.as_bytes().get(len) != Some(&b')') {
+            continue;
+        }
+        if inner.as_bytes()[0].is_ascii_alphabetic() {
+            out.push(' ');
+        }
+        out.push_str(&inner[..len]);
+        rest = &inner[len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `word` replaced where no letter touches it.
+fn replace_word(s: &str, word: &str, with: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(|c| c.is_ascii_alphabetic() || c == '\\')
+            || after.is_some_and(|c| c.is_ascii_alphabetic())
+        {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// "x=5" → "5", "k=\frac12" → "\frac12", "f(x)=2x" → "2x", `\theta=…` → "…", `x\in[1,2]` → "[1,2]".
 fn strip_variable_prefix(s: &str) -> String {
     let mut chars = s.chars();
@@ -459,6 +585,18 @@ fn strip_variable_prefix(s: &str) -> String {
             }
         }
     }
+    // "x=1, x=-2" → "1,-2": one variable's solutions, listed.
+    let items = split_top_commas(s);
+    if items.len() > 1 {
+        let sides: Vec<(&str, &str)> = items.iter().filter_map(|i| i.split_once('=')).collect();
+        let var = sides.first().map(|(l, _)| *l);
+        if sides.len() == items.len()
+            && var.is_some_and(is_single_variable)
+            && sides.iter().all(|(l, r)| Some(*l) == var && !r.is_empty() && !r.contains('='))
+        {
+            return sides.iter().map(|(_, r)| *r).collect::<Vec<_>>().join(",");
+        }
+    }
     if s.matches('=').count() == 1 {
         if let Some((lhs, rhs)) = s.split_once('=') {
             if !rhs.is_empty() && is_single_variable(lhs) {
@@ -467,6 +605,24 @@ fn strip_variable_prefix(s: &str) -> String {
         }
     }
     s.to_string()
+}
+
+/// `s` split at the commas outside brackets and braces.
+fn split_top_commas(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut items) = (0i32, 0, Vec::new());
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&s[start..]);
+    items
 }
 
 fn is_single_variable(lhs: &str) -> bool {
