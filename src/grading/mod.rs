@@ -7,8 +7,9 @@
 //! numerically instead (`latex.rs`); symbolic algebra beyond numeric evaluation (at fixed sample
 //! points for expressions with variables) is out of scope.
 //!
-//! Layout: `extract.rs` (completion → answer text), `normalize.rs` (`strip_string`; the toolkit's readings of number words, `j` and `\func(x)` in `spellings.rs`), `latex.rs`
-//! (recursive-descent numeric evaluator), `equiv.rs` (the `math_equal` chain). Every entry point is
+//! Layout: `extract.rs` (completion → answer text), `normalize.rs` (`strip_string`; the toolkit's
+//! readings of number words, `j` and `\func(x)` in `spellings.rs`), `latex.rs` (recursive-descent
+//! numeric evaluator), `equiv.rs` (the `math_equal` chain). Every entry point is
 //! total: no input panics, and each grading is bounded by a step budget and a 1 s wall clock.
 
 mod braces;
