@@ -8,7 +8,12 @@ completion, and carries two labels:
                    parser.extract_answer / strip_string / parse_ground_truth, grader.math_equal),
                    computed the way its math_eval.py + evaluate.py pipeline does it;
   expected         what a careful human grader would say, fixed by how the case was built
-                   (a rewrite into an equivalent form is correct, a near miss is not).
+                   (a rewrite into an equivalent form is correct, a near miss is not);
+  toolkit_error    where the two differ, the class of the toolkit's error (docs/grading.md);
+  kvbench_corrects whether kvbench gives `expected` on that class (true) or, sharing the
+                   toolkit's rule, the toolkit's verdict (false); null where the two agree.
+
+A disagreement that no class explains stops the script before anything is written.
 
 The toolkit is NOT part of this repository. Point --toolkit at a directory holding a copy of
 its `evaluation/` folder (parser.py, grader.py, utils.py, examples.py, ...) and run this script
@@ -148,7 +153,8 @@ def parse_number(s):
     elif t.startswith("+"):
         t = t[1:].strip()
     info = {"commas": False, "decimal": False, "frac": False, "lead_zero": False}
-    m = re.fullmatch(r"\d{1,3}(?:(?:,|\{,\}|,\\!)\s*\d{3})+(\.\d+)?", t)
+    # no space after the comma: "$48$, $384$" is a list of two answers
+    m = re.fullmatch(r"\d{1,3}(?:(?:,|\{,\}|,\\!\s*)\d{3})+(\.\d+)?", t)
     if m:
         info["commas"] = True
         info["decimal"] = m.group(1) is not None
@@ -450,7 +456,8 @@ def numeric_cases(ctx, v, info):
         if not d:
             x = float(v)
             out.append(F("near-rounded-decimal", f"{x:.2f}"))
-            out.append(F("near-rounded-decimal", f"{x:.6f}"))
+            # six places: a rounding the toolkit's tolerance is there to accept
+            out.append(T("rewrite-rounded-decimal", f"{x:.6f}"))
         if ap < 2 * qd:
             out.append(F("near-mixed-number", f"{sign}2\\frac{{{ap}}}{{{2 * qd}}}"))
         out.append(F("near-close-decimal", f"{float(v) * (1 + 3e-5):.7f}"))
@@ -741,9 +748,9 @@ def symbolic_cases(ctx):
         if k:
             out += [T("rewrite-sqrt-pi", f"{k} \\cdot \\pi"), T("rewrite-sqrt-pi", f"\\pi \\cdot {k}"),
                     T("rewrite-sqrt-pi", f"{k}π"), F("near-pi", k), F("near-pi", f"{int(k) + 1}\\pi"),
-                    F("near-pi-approx", f"{int(k) * 3.14:.2f}"), F("near-pi-approx", f"{int(k) * 3.14159265:.6f}")]
+                    F("near-pi-approx", f"{int(k) * 3.14:.2f}"), T("rewrite-pi-decimal", f"{int(k) * 3.14159265:.6f}")]
         else:
-            out += [T("rewrite-sqrt-pi", "π"), F("near-pi-approx", "3.14"), F("near-pi-approx", "3.1416"),
+            out += [T("rewrite-sqrt-pi", "π"), F("near-pi-approx", "3.14"), T("rewrite-pi-decimal", "3.1416"),
                     F("near-pi", "2\\pi")]
     m = re.fullmatch(r"\\[dt]?frac\{(\d*)\s*\\pi\}\{(\d+)\}", c)
     if m:
@@ -804,7 +811,10 @@ def symbolic_cases(ctx):
                 new = rng.choice(repl)
                 # one occurrence only: renaming every occurrence could be a harmless change of a
                 # bound variable, as in C(h)=4h+4 -> C(t)=4t+4
-                spots = [k for k in range(len(plain)) if plain[k] == old
+                # right of an "=", if any: renaming the argument of "C(h)=" only is a typo that a
+                # grader reading the right-hand side rightly ignores
+                first = plain.rfind("=") + 1
+                spots = [k for k in range(first, len(plain)) if plain[k] == old
                          and (k == 0 or not plain[k - 1].isalpha() and plain[k - 1] != "\0")
                          and (k + 1 == len(plain) or not plain[k + 1].isalpha() and plain[k + 1] != "\0")]
                 swapped = c[:spots[0]] + new + c[spots[0] + 1:] if spots else c
@@ -1010,6 +1020,79 @@ class Toolkit:
 # --------------------------------------------------------------------------------------------
 
 
+# Where the toolkit's verdict is not the expected one: the class of the toolkit's error, and
+# whether kvbench departs from the toolkit there (True: it gives the expected verdict) or shares
+# the limitation (False: rule-based extraction cannot read the intent; it gives the toolkit's).
+DISAGREEMENTS = {
+    "near-times-100": ("percent-tolerance", True),
+    "near-div-100": ("percent-tolerance", True),
+    "near-mixed-number": ("mixed-number-as-product", True),
+    "rewrite-mixed-number": ("mixed-number-as-product", True),
+    "near-brackets": ("bracket-type-ignored", True),
+    "rewrite-set-order": ("list-order", True),
+    "near-extra-solution": ("list-read-as-first-element", True),
+    "near-missing-solution": ("list-read-as-first-element", True),
+    "rewrite-solutions-x": ("or-between-solutions", True),
+    "near-unit-letter": ("unit-stripping-deletes-letters", True),
+    "near-unit-word": ("unit-stripping-deletes-letters", True),
+    "near-other-text": ("unit-stripping-deletes-letters", True),
+    "rewrite-units": ("unit-word-kept", True),
+    "rewrite-spacing": ("unit-word-kept", True),
+    "rewrite-degrees": ("degree-sign", True),
+    "text-think-unboxed-final": ("think-block", True),
+    "text-answer-is-trailing": ("answer-is-runs-on", True),
+    "rewrite-matrix-tuple": ("matrix-as-tuple", True),
+    "text-hedged": ("hedged-answer", True),
+    "rewrite-words": ("number-words-in-text", True),
+    "rewrite-text-wrapper": ("text-wrapper", True),
+    "rewrite-pi-decimal": ("pi-read-as-symbol", True),
+    "rewrite-equation": ("equation-right-to-left", True),
+    "rewrite-choice-letter": ("choice-letter-forms", True),
+    "text-trailing-number": ("last-number-rule", False),
+    "text-split-boxed": ("last-box-rule", False),
+    "text-final-answer-colon": ("final-answer-colon", False),
+}
+INTEGER = re.compile(r"-?\d+")
+
+
+def disagreement(rec):
+    """(class, kvbench_corrects) for a case where the toolkit's verdict is not the expected one."""
+    kind, pred, tk_pred, gt = rec["kind"], rec["prediction"], rec["toolkit_extracted"], rec["toolkit_gt"]
+    numbers = [INTEGER.fullmatch(x.replace(",", "")) is not None for x in (tk_pred, gt)]
+    if kind in ("near-times-100", "near-div-100"):
+        return DISAGREEMENTS[kind]
+    if rec["toolkit_correct"] and parse_number(tk_pred.replace(",", "")) and parse_number(gt.replace(",", "")):
+        if any(numbers):
+            return "tolerance-accepts-other-integer", True
+        return "tolerance-accepts-near-decimal", False
+    if kind == "text-nested-braces" and "\\displaystyle" in pred:
+        return "displaystyle-kept", True
+    if kind == "rewrite-interval":
+        return ("unicode-symbol", True) if "∞" in pred else ("set-builder-notation", False)
+    if kind == "rewrite-sqrt-pi" and "π" in pred:
+        return "unicode-symbol", True
+
+    if kind == "rewrite-thousands" and "{,}" in pred:
+        return "thousands-in-braces", True
+    if kind == "text-last-number" and "\\!" in pred:
+        return "spacing-in-number", False
+    if kind in ("text-choice-article", "text-answer-is") and rec["dataset"] != "gpqa_diamond":
+        # math_eval.py re-reads the completion for a letter only when the reference is "C", not "(C)"
+        return ("article-read-as-choice", True) if tk_pred == "A" else ("choice-in-prose", True)
+    if kind == "text-choice-article":
+        return "article-read-as-choice", True
+    if kind in DISAGREEMENTS:
+        return DISAGREEMENTS[kind]
+    # near misses of other kinds that the toolkit accepts
+    if rec["toolkit_correct"] and "\\cup" in gt:
+        return "union-split-at-commas", True
+    if rec["toolkit_correct"] and "," in gt and tk_pred.split(",")[0] == gt.split(",")[0]:
+        return "list-read-as-first-element", True
+    if rec["toolkit_correct"] and "_" in gt:
+        return "subscript-ignored", True
+    return "unclassified", None
+
+
 def select(cands, target, rng):
     """Round-robin over kinds, alternating should-be-correct and should-be-wrong."""
     by = {True: {}, False: {}}
@@ -1079,18 +1162,33 @@ def main():
                    "reference": c["reference"], "prediction": c["prediction"]}
             rec.update(v)
             rec["expected"] = c["expected"]
+            rec["toolkit_error"], rec["kvbench_corrects"] = (None, None) if v["toolkit_correct"] == c["expected"] \
+                else disagreement(rec)
             records.append(rec)
         print(f"{ds}: {len(picked)} cases from {len(cands)} candidates ({time.time() - t0:.0f}s)", file=sys.stderr)
     tk.close()
 
+    unclassified = [r["id"] for r in records if r["toolkit_error"] == "unclassified"]
+    if unclassified:
+        sys.exit(f"unclassified toolkit disagreements (nothing written): {' '.join(unclassified)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(out)
     agree = sum(r["toolkit_correct"] == r["expected"] for r in records)
     print(f"wrote {len(records)} cases to {out}; toolkit agrees with expected on {agree}; "
           f"{sum(r['toolkit_timeout'] for r in records)} timeouts; {time.time() - t0:.0f}s", file=sys.stderr)
+    classes = {}
+    for r in records:
+        if r["toolkit_error"]:
+            key = (r["toolkit_error"], r["kvbench_corrects"])
+            classes[key] = classes.get(key, 0) + 1
+    for (cls, corrects), n in sorted(classes.items(), key=lambda kv: -kv[1]):
+        side = {True: "kvbench corrects", False: "kvbench follows", None: "UNCLASSIFIED"}[corrects]
+        print(f"  toolkit error {cls}: {n} ({side})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ use clap::Parser;
 use super::args::{Cli, Command, GenerateArgs, GradeArgs, MergeArgs, PlotArgs, PoliciesArgs, RunArgs};
 use crate::decode::generate::GenerateParams;
 use crate::eval::sample::{run_sample, PolicyResources, Sample};
+use crate::grading::{grade, grade_completion, kind_for_dataset, reference_answer, Graded, EXTRACTION_METHODS};
 use crate::model::chat_template::ChatMessage;
 use crate::policies::registry::{self, PolicySpec};
 use crate::policies::trace::TraceSink;
@@ -329,10 +330,9 @@ fn cmd_export(args: super::args::ExportArgs) -> Result<u8> {
 }
 
 fn cmd_grade(args: GradeArgs) -> Result<u8> {
-    use crate::grading::{extract_answer, grade, kind_for_dataset, reference_answer};
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let mut lines = Vec::new();
-    let mut totals: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut totals: std::collections::BTreeMap<String, GradeTotals> = Default::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -349,17 +349,15 @@ fn cmd_grade(args: GradeArgs) -> Result<u8> {
         };
         let (prediction, reference, dataset) = (field("prediction")?, field("reference")?, field("dataset")?);
         let kind = kind_for_dataset(&dataset).with_context(|| format!("{}: unknown dataset '{dataset}'", at()))?;
-        let (answer, method) = if args.extracted {
-            (Some(prediction.clone()), "given")
+        let (answer, method, reference, verdict) = if args.extracted {
+            let reference = reference_answer(&reference, &dataset);
+            let verdict = grade(Some(&prediction), &reference, kind);
+            (Some(prediction.clone()), "given", reference, verdict)
         } else {
-            let e = extract_answer(&prediction, kind);
-            (e.answer, e.method)
+            let Graded { extracted, reference, verdict } = grade_completion(&prediction, &reference, &dataset, kind);
+            (extracted.answer, extracted.method, reference, verdict)
         };
-        let reference = reference_answer(&reference, &dataset);
-        let verdict = grade(answer.as_deref(), &reference, kind);
-        let t = totals.entry(dataset).or_default();
-        t.0 += verdict.correct as usize;
-        t.1 += 1;
+        totals.entry(dataset).or_default().add(verdict.correct, method);
         rec.insert("extracted".into(), answer.into());
         rec.insert("extraction".into(), method.into());
         rec.insert("reference_answer".into(), reference.into());
@@ -372,10 +370,44 @@ fn cmd_grade(args: GradeArgs) -> Result<u8> {
         Some(out) => crate::io::write_atomic(out, body.as_bytes())?,
         None => std::io::stdout().lock().write_all(body.as_bytes())?,
     }
-    for (dataset, (correct, n)) in totals {
-        eprintln!("{dataset}: {correct}/{n} correct ({:.1} %)", 100.0 * correct as f64 / n as f64);
+    for (dataset, t) in totals {
+        eprintln!("{dataset}: {}", t.describe());
     }
     Ok(0)
+}
+
+/// One dataset's line of `kvbench grade`: accuracy, and how the answers were found, so that a
+/// model whose format defeats extraction shows as many "none" or "last number".
+#[derive(Default)]
+struct GradeTotals {
+    correct: usize,
+    n: usize,
+    /// Count per extraction rule, in the order first seen.
+    methods: Vec<(&'static str, usize)>,
+}
+
+impl GradeTotals {
+    fn add(&mut self, correct: bool, method: &'static str) {
+        self.correct += correct as usize;
+        self.n += 1;
+        match self.methods.iter_mut().find(|(m, _)| *m == method) {
+            Some((_, count)) => *count += 1,
+            None => self.methods.push((method, 1)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut methods = self.methods.clone();
+        methods.sort_by_key(|&(m, _)| EXTRACTION_METHODS.iter().position(|o| *o == m).unwrap_or(usize::MAX));
+        let by: Vec<String> = methods.iter().map(|(m, c)| format!("{m} {c}")).collect();
+        format!(
+            "{}/{} correct ({:.1} %); extracted by: {}",
+            self.correct,
+            self.n,
+            100.0 * self.correct as f64 / self.n as f64,
+            by.join(", ")
+        )
+    }
 }
 
 fn cmd_policies(args: PoliciesArgs) -> Result<u8> {

@@ -206,9 +206,8 @@ pub fn finish_job(
     let g = &out.generation;
     let completion = lm.completion(&g.tokens)?;
     let kind = grading::kind_for_dataset(&job.dataset).with_context(|| format!("no grader for {}", job.dataset))?;
-    let extracted = grading::extract_answer(&completion, kind);
-    let reference = grading::reference_answer(&job.question.reference, &job.dataset);
-    let verdict = grading::grade(extracted.answer.as_deref(), &reference, kind);
+    let grading::Graded { extracted, reference, verdict } =
+        grading::grade_completion(&completion, &job.question.reference, &job.dataset, kind);
     let steps = g.tokens.len().saturating_sub(1).max(1);
     let (budget, window, ratio) = Budget::columns(job.budget.as_ref());
     Ok(SampleRecord {

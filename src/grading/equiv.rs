@@ -5,7 +5,9 @@
 //! 2. choice letters, when the kind is `MultipleChoice` or the reference is a bare letter
 //!    "(C)"/"C": the letter of "(B)", `\text{(B)}`, "B) 42", "B." compared case-insensitively;
 //! 3. plain numbers: |a−b| ≤ 1e-4·max(|a|,|b|) (`numeric_equal`: `isclose(rel_tol=1e-4)`), with a
-//!    1e-12 absolute floor for float noise; a side that carried `%` may be read as v or v/100, so
+//!    1e-12 absolute floor for float noise, except that where either side is an integer the
+//!    values must be equal (the toolkit's tolerance also accepts 95196 for 95200 and 4.0002 for
+//!    4: it is meant for rounded decimals); a side that carried `%` may be read as v or v/100, so
 //!    "10%" equals both 10 and 0.1 (the toolkit's `include_percentage`, which however also accepts
 //!    v·100 and v/100 when neither side has a percent sign: here only a written percent does);
 //! 4. structures, element by element with this same chain: tuples and intervals (brackets must
@@ -79,7 +81,7 @@ fn compare(p: &str, pp: bool, r: &str, rp: bool, kind: AnswerKind, budget: &mut 
 }
 
 /// "(C)" or "C" with a capital A–E: a reference that is an option letter.
-fn bare_letter(r: &str) -> Option<char> {
+pub(super) fn bare_letter(r: &str) -> Option<char> {
     let inner = r.strip_prefix('(').and_then(|s| s.strip_suffix(')')).unwrap_or(r);
     let mut chars = inner.chars();
     match (chars.next(), chars.next()) {
@@ -106,6 +108,10 @@ fn equal_values(a: &str, ap: bool, b: &str, bp: bool, depth: usize, budget: &mut
         return Ok(Some("exact match after normalisation"));
     }
     if let (Some(x), Some(y)) = (plain_number(a), plain_number(b)) {
+        // The tolerance forgives rounded decimals; an integer is matched only by its own value.
+        if is_integer(a) || is_integer(b) {
+            return Ok(exact_pct(x, ap, y, bp).then_some("numeric equal"));
+        }
         return Ok(close_pct(x, ap, y, bp).then_some("numeric equal (rel tol 1e-4)"));
     }
     if a.len() > MAX_EVAL_LEN || b.len() > MAX_EVAL_LEN || depth > MAX_NEST {
@@ -140,6 +146,12 @@ fn plain_number(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// "12", "-7", "95200": digits only, after an optional sign.
+fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn close(a: f64, b: f64) -> bool {
     let diff = (a - b).abs();
     diff <= REL_TOL * a.abs().max(b.abs()) || diff <= 1e-12
@@ -147,8 +159,17 @@ fn close(a: f64, b: f64) -> bool {
 
 /// Equal when any reading matches: a percent side reads as v or v/100.
 fn close_pct(a: f64, ap: bool, b: f64, bp: bool) -> bool {
+    any_reading(a, ap, b, bp, close)
+}
+
+/// As [`close_pct`], equal up to float noise only.
+fn exact_pct(a: f64, ap: bool, b: f64, bp: bool) -> bool {
+    any_reading(a, ap, b, bp, |x, y| (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0))
+}
+
+fn any_reading(a: f64, ap: bool, b: f64, bp: bool, equal: impl Fn(f64, f64) -> bool) -> bool {
     let reads = |v: f64, pct: bool| if pct { vec![v, v / 100.0] } else { vec![v] };
-    reads(a, ap).iter().any(|&x| reads(b, bp).iter().any(|&y| close(x, y)))
+    reads(a, ap).iter().any(|&x| reads(b, bp).iter().any(|&y| equal(x, y)))
 }
 
 /// Step 5–7 for two scalars.

@@ -16,7 +16,9 @@
 //!   numbers ("1,2" → "2").
 //! - Multiple choice: the letter in the last box, else the letter after the last "answer is" /
 //!   "choice is" / "option is" / "answer:", else the last standalone capital A–E (a sentence-initial
-//!   article "A word" is not a choice), or a lowercase letter in parentheses "(c)".
+//!   article "A word" is not a choice), or a lowercase letter in parentheses "(c)"; "Option C" and
+//!   "choice C" read as C. (A math answer against a letter reference falls back to these rules in
+//!   `grade_completion`, as the toolkit's `math_eval.py` does.)
 
 use super::normalize::normalize;
 use super::{AnswerKind, Extracted};
@@ -237,9 +239,13 @@ fn extract_choice(text: &str) -> Option<(String, &'static str)> {
     last_standalone_letter(text).map(|l| (l.to_string(), "choice"))
 }
 
-/// A choice letter at the start of a normalised answer: "B", "(b)", "B)42", "B.", "B:".
+/// A choice letter at the start of a normalised answer: "B", "(b)", "B)42", "B.", "B:", "Option B".
 pub(super) fn leading_letter(norm: &str) -> Option<char> {
     let s = norm.trim();
+    let s = ["option", "choice"]
+        .iter()
+        .find_map(|w| s.get(..w.len()).filter(|head| head.eq_ignore_ascii_case(w)).map(|_| s[w.len()..].trim_start()))
+        .unwrap_or(s);
     let (s, paren) = match s.strip_prefix('(') {
         Some(rest) => (rest, true),
         None => (s, false),

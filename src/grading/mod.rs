@@ -41,9 +41,12 @@ pub struct Extracted {
     pub answer: Option<String>,
     /// Whether the completion closed its thinking with `</think>` (only the text after it is read).
     pub think_closed: bool,
-    /// "boxed", "the answer is", "final answer is", "last number", "choice" or "none".
+    /// One of [`EXTRACTION_METHODS`].
     pub method: &'static str,
 }
+
+/// The rules an answer can be found by, in the order they are tried (`choice` for letters).
+pub const EXTRACTION_METHODS: &[&str] = &["boxed", "the answer is", "final answer is", "choice", "last number", "none"];
 
 /// A grading decision and its reason, e.g. "exact match after normalisation", "not equal".
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +67,36 @@ pub(crate) const MAX_STEPS: u64 = 2_000_000;
 /// Finds the final answer in a model completion (see `extract.rs` for the rules).
 pub fn extract_answer(completion: &str, kind: AnswerKind) -> Extracted {
     extract::extract_answer(completion, kind)
+}
+
+/// A completion graded against its dataset's reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Graded {
+    pub extracted: Extracted,
+    /// The reference answer in comparable form ([`reference_answer`]).
+    pub reference: String,
+    pub verdict: Verdict,
+}
+
+/// Extracts the answer of `completion` and grades it against the dataset's raw reference.
+///
+/// When the reference is an option letter ("C", "(C)") and the answer found is not one, the
+/// completion is read again for a choice letter, as the toolkit's `math_eval.py` does for
+/// free-form datasets that hold some multiple-choice questions (MATH, gaokao).
+pub fn grade_completion(completion: &str, raw_reference: &str, dataset: &str, kind: AnswerKind) -> Graded {
+    let reference = reference_answer(raw_reference, dataset);
+    let mut extracted = extract_answer(completion, kind);
+    if kind != AnswerKind::MultipleChoice && equiv::bare_letter(&normalize(&reference)).is_some() {
+        let is_letter = extracted.answer.as_deref().is_some_and(|a| extract::leading_letter(&normalize(a)).is_some());
+        if !is_letter {
+            let choice = extract_answer(completion, AnswerKind::MultipleChoice);
+            if choice.answer.is_some() {
+                extracted = choice;
+            }
+        }
+    }
+    let verdict = grade(extracted.answer.as_deref(), &reference, kind);
+    Graded { extracted, reference, verdict }
 }
 
 /// The dataset's reference answer in comparable form.

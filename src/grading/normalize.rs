@@ -7,10 +7,10 @@
 //! `\boxed{}` unwrapped; matrices spelled `pmatrix`; trailing unit words ("cm", "dollars",
 //! "degrees", …, optionally `^2`/`^3`; "percent" sets the percent flag); " and " / " or " between
 //! answers → ", " (so "$5$ or $9$" is the list "5,9"); thousands separators
-//! ("5,000" → "5000", only in groups of three, outside brackets, not followed by a space, so "1,2",
+//! ("5,000" and `5{,}000` → "5000", only in groups of three, outside brackets, not followed by a space, so "1,2",
 //! "(1,100)" and "48, 384" stay lists); whitespace (kept once between a command name and a letter:
-//! `\pi r`); infinity spellings; a single-variable left-hand side ("x=5" → "5", "y = 2x+3" →
-//! "2x+3", "f(x)=2x" → "2x", `x\in[1,2]` → "[1,2]"); "27.0" → "27", ".5" → "0.5"; `\frac12` → `\frac{1}{2}`,
+//! `\pi r`); infinity spellings; a single-variable side of an equation ("x=5" → "5", "y = 2x+3" →
+//! "2x+3", "f(x)=2x" → "2x", and right to left "5 = x" → "5"; `x\in[1,2]` → "[1,2]"); "27.0" → "27", ".5" → "0.5"; `\frac12` → `\frac{1}{2}`,
 //! `\frac1b`, `\sqrt2` → `\sqrt{2}` (one token, as LaTeX reads it); `x^{2}` → `x^2`; "3/4" →
 //! `\frac{3}{4}`; outer braces without a top-level comma; a trailing period. Also, as the toolkit
 //! does: a whole answer in number words ("seventeen", "two hundred") → its digits; "inf" →
@@ -36,7 +36,7 @@ pub(super) fn normalize(s: &str) -> String {
 pub(super) fn normalize_full(input: &str) -> Normalized {
     let mut percent = false;
     let s = map_unicode(input);
-    let s = escapes(&s, &mut percent);
+    let s = escapes(&s, &mut percent).replace("{,}", ",");
     let s = strip_trailing_text_unit(s.trim());
     let s = unwrap_text(&s);
     let s = matrices(&s);
@@ -49,7 +49,8 @@ pub(super) fn normalize_full(input: &str) -> Normalized {
     let s = fix_infinity(&s);
     let s = imaginary_j(&s);
     let s = function_parens(&s);
-    let s = strip_variable_prefix(&s);
+    // `{x=5}` as well as `x=5`
+    let s = strip_variable_prefix(&strip_outer_braces(&s));
     let s = fix_decimals(&s);
     let s = fix_args(&s, 0);
     let s = simplify_scripts(&s);
@@ -319,12 +320,91 @@ fn matrices(s: &str) -> String {
 }
 
 const UNITS: &[&str] = &[
-    "dollars", "dollar", "cents", "cent", "cm", "mm", "km", "meters", "meter", "metres", "metre", "inches", "inch",
-    "feet", "foot", "ft", "yards", "yard", "yd", "miles", "mile", "mph", "kmh", "units", "unit", "degrees", "degree",
-    "deg", "radians", "radian", "hours", "hour", "hrs", "hr", "minutes", "minute", "mins", "min", "seconds", "second",
-    "secs", "sec", "days", "day", "weeks", "week", "months", "month", "years", "year", "yrs", "kg", "grams", "gram",
-    "pounds", "pound", "lbs", "lb", "ounces", "ounce", "oz", "liters", "liter", "litres", "litre", "ml", "gallons",
-    "gallon", "square", "sq", "cubic", "per", "ways", "people", "students", "points", "times",
+    "dollars",
+    "dollar",
+    "cents",
+    "cent",
+    "cm",
+    "mm",
+    "km",
+    "meters",
+    "meter",
+    "metres",
+    "metre",
+    "inches",
+    "inch",
+    "feet",
+    "foot",
+    "ft",
+    "yards",
+    "yard",
+    "yd",
+    "miles",
+    "mile",
+    "mph",
+    "kmh",
+    "units",
+    "unit",
+    "degrees",
+    "degree",
+    "deg",
+    "radians",
+    "radian",
+    "hours",
+    "hour",
+    "hrs",
+    "hr",
+    "minutes",
+    "minute",
+    "mins",
+    "min",
+    "seconds",
+    "second",
+    "secs",
+    "sec",
+    "days",
+    "day",
+    "weeks",
+    "week",
+    "months",
+    "month",
+    "years",
+    "year",
+    "yrs",
+    "kg",
+    "grams",
+    "gram",
+    "pounds",
+    "pound",
+    "lbs",
+    "lb",
+    "ounces",
+    "ounce",
+    "oz",
+    "liters",
+    "liter",
+    "litres",
+    "litre",
+    "ml",
+    "gallons",
+    "gallon",
+    "square",
+    "sq",
+    "cubic",
+    "per",
+    "ways",
+    "people",
+    "students",
+    "points",
+    "times",
+    "centimeters",
+    "centimeter",
+    "centimetres",
+    "centimetre",
+    "millimeters",
+    "millimeter",
+    "kilometers",
+    "kilometer",
 ];
 
 /// Trailing unit words after a value ("18 dollars", "15 cm^2", "20 percent", "5cm").
@@ -483,6 +563,10 @@ fn strip_variable_prefix(s: &str) -> String {
         if let Some((lhs, rhs)) = s.split_once('=') {
             if !rhs.is_empty() && is_single_variable(lhs) {
                 return rhs.to_string();
+            }
+            // written right to left: "2x+3=y", "5=x"
+            if !lhs.is_empty() && is_single_variable(rhs) && !lhs.ends_with(['<', '>', '!']) {
+                return lhs.to_string();
             }
         }
     }
