@@ -82,12 +82,14 @@ train-predictor-qwen-coder: fetch-qwen-coder build
     target/release/kvbench dynts collect --run results/qwen-coder-traces --data-dir {{data_dir}} --out target/qwen-coder-traces
     target/release/kvbench dynts train --traces target/qwen-coder-traces/traces.safetensors --out assets/qwen2.5-coder-1.5b-instruct/dynts-predictor.safetensors
 
-# The budget's development run (GSM8K train questions), then the committed GSM8K run of the eight
-# policies on Qwen2.5-Coder-1.5B and its figures (resumable: run it again to continue).
+# Resumable (run it again to continue): the budget's development run on GSM8K train questions, then
+# Qwen2.5-Coder-1.5B's committed GSM8K runs of the eight policies (B 256 / r 0.3, B 384 / r 0.5), figures.
 qwen-coder-gsm8k: fetch-qwen-coder build
     target/release/kvbench run --experiment experiments/qwen-coder-gsm8k-dev.toml --data-dir {{data_dir}}
     target/release/kvbench run --experiment experiments/qwen-coder-gsm8k.toml --data-dir {{data_dir}}
     target/release/kvbench plot results/qwen-coder-gsm8k/summary.csv
+    target/release/kvbench run --experiment experiments/qwen-coder-gsm8k-b384-r05.toml --data-dir {{data_dir}}
+    target/release/kvbench plot results/qwen-coder-gsm8k-b384-r05/summary.csv
 
 # kvbench against HF transformers (eager, full cache) and kvpress (DecodingPress: StreamingLLM, SnapKV)
 # on SmolLM2 converted to f32, alternating in one invocation (bench/peers/; its own Python environment).
