@@ -382,24 +382,21 @@ fn cmd_grade(args: GradeArgs) -> Result<u8> {
 struct GradeTotals {
     correct: usize,
     n: usize,
-    /// Count per extraction rule, in the order first seen.
-    methods: Vec<(&'static str, usize)>,
+    /// Count per extraction rule, keyed by the rule's place in [`EXTRACTION_METHODS`] ("given",
+    /// for `--extracted`, after them).
+    methods: std::collections::BTreeMap<(usize, &'static str), usize>,
 }
 
 impl GradeTotals {
     fn add(&mut self, correct: bool, method: &'static str) {
         self.correct += correct as usize;
         self.n += 1;
-        match self.methods.iter_mut().find(|(m, _)| *m == method) {
-            Some((_, count)) => *count += 1,
-            None => self.methods.push((method, 1)),
-        }
+        let rank = EXTRACTION_METHODS.iter().position(|m| *m == method).unwrap_or(EXTRACTION_METHODS.len());
+        *self.methods.entry((rank, method)).or_default() += 1;
     }
 
     fn describe(&self) -> String {
-        let mut methods = self.methods.clone();
-        methods.sort_by_key(|&(m, _)| EXTRACTION_METHODS.iter().position(|o| *o == m).unwrap_or(usize::MAX));
-        let by: Vec<String> = methods.iter().map(|(m, c)| format!("{m} {c}")).collect();
+        let by: Vec<String> = self.methods.iter().map(|((_, m), c)| format!("{m} {c}")).collect();
         format!(
             "{}/{} correct ({:.1} %); extracted by: {}",
             self.correct,

@@ -7,14 +7,15 @@
 //! `\boxed{}` unwrapped; matrices spelled `pmatrix`; trailing unit words ("cm", "dollars",
 //! "degrees", …, optionally `^2`/`^3`; "percent" sets the percent flag); " and " / " or " between
 //! answers → ", " (so "$5$ or $9$" is the list "5,9"); thousands separators
-//! ("5,000" and `5{,}000` → "5000", only in groups of three, outside brackets, not followed by a space, so "1,2",
-//! "(1,100)" and "48, 384" stay lists); whitespace (kept once between a command name and a letter:
-//! `\pi r`); infinity spellings; a single-variable side of an equation ("x=5" → "5", "y = 2x+3" →
-//! "2x+3", "f(x)=2x" → "2x", and right to left "5 = x" → "5"; `x\in[1,2]` → "[1,2]"); "27.0" → "27", ".5" → "0.5"; `\frac12` → `\frac{1}{2}`,
-//! `\frac1b`, `\sqrt2` → `\sqrt{2}` (one token, as LaTeX reads it); `x^{2}` → `x^2`; "3/4" →
-//! `\frac{3}{4}`; outer braces without a top-level comma; a trailing period. Also, as the toolkit
-//! does: a whole answer in number words ("seventeen", "two hundred") → its digits; "inf" →
-//! `\infty`; `j` as the imaginary unit ("3+4j") → `i`.
+//! ("5,000" and `5{,}000` → "5000", only in groups of three, outside brackets, not followed by a
+//! space, so "1,2", "(1,100)" and "48, 384" stay lists); whitespace (kept once between a command
+//! name and a letter: `\pi r`); infinity spellings; a single-variable side of an equation ("x=5" →
+//! "5", "y = 2x+3" → "2x+3", "f(x)=2x" → "2x", and right to left "5 = x" → "5"; `x\in[1,2]` →
+//! "[1,2]"); "27.0" → "27", ".5" → "0.5"; `\frac12` → `\frac{1}{2}`, `\frac1b`, `\sqrt2` →
+//! `\sqrt{2}` (one token, as LaTeX reads it); `x^{2}` → `x^2`; "3/4" → `\frac{3}{4}`; outer
+//! braces without a top-level comma; a trailing period. Also, as the toolkit does: a whole answer
+//! in number words ("seventeen", "two hundred") → its digits; "inf" → `\infty`; `j` as the
+//! imaginary unit ("3+4j") → `i`.
 //!
 //! Differences from the toolkit: its unit list removes lone letters ("a", "m", "s", …) and
 //! "and" anywhere; here units are words of two or more letters after a number, and a spaced
@@ -319,91 +320,15 @@ fn matrices(s: &str) -> String {
     out
 }
 
+#[rustfmt::skip]
 const UNITS: &[&str] = &[
-    "dollars",
-    "dollar",
-    "cents",
-    "cent",
-    "cm",
-    "mm",
-    "km",
-    "meters",
-    "meter",
-    "metres",
-    "metre",
-    "inches",
-    "inch",
-    "feet",
-    "foot",
-    "ft",
-    "yards",
-    "yard",
-    "yd",
-    "miles",
-    "mile",
-    "mph",
-    "kmh",
-    "units",
-    "unit",
-    "degrees",
-    "degree",
-    "deg",
-    "radians",
-    "radian",
-    "hours",
-    "hour",
-    "hrs",
-    "hr",
-    "minutes",
-    "minute",
-    "mins",
-    "min",
-    "seconds",
-    "second",
-    "secs",
-    "sec",
-    "days",
-    "day",
-    "weeks",
-    "week",
-    "months",
-    "month",
-    "years",
-    "year",
-    "yrs",
-    "kg",
-    "grams",
-    "gram",
-    "pounds",
-    "pound",
-    "lbs",
-    "lb",
-    "ounces",
-    "ounce",
-    "oz",
-    "liters",
-    "liter",
-    "litres",
-    "litre",
-    "ml",
-    "gallons",
-    "gallon",
-    "square",
-    "sq",
-    "cubic",
-    "per",
-    "ways",
-    "people",
-    "students",
-    "points",
-    "times",
-    "centimeters",
-    "centimeter",
-    "centimetres",
-    "centimetre",
-    "millimeters",
-    "millimeter",
-    "kilometers",
+    "dollars", "dollar", "cents", "cent", "cm", "mm", "km", "meters", "meter", "metres", "metre", "inches", "inch",
+    "feet", "foot", "ft", "yards", "yard", "yd", "miles", "mile", "mph", "kmh", "units", "unit", "degrees",
+    "degree", "deg", "radians", "radian", "hours", "hour", "hrs", "hr", "minutes", "minute", "mins", "min",
+    "seconds", "second", "secs", "sec", "days", "day", "weeks", "week", "months", "month", "years", "year", "yrs",
+    "kg", "grams", "gram", "pounds", "pound", "lbs", "lb", "ounces", "ounce", "oz", "liters", "liter", "litres",
+    "litre", "ml", "gallons", "gallon", "square", "sq", "cubic", "per", "ways", "people", "students", "points",
+    "times", "centimeters", "centimeter", "centimetres", "centimetre", "millimeters", "millimeter", "kilometers",
     "kilometer",
 ];
 
