@@ -27,6 +27,7 @@ use kvbench::cache::observe::CacheHook;
 use kvbench::cache::observe::Observer;
 use kvbench::cache::KvCache;
 use kvbench::decode::sampling::argmax_rows;
+use kvbench::model::fused::Kernels;
 use kvbench::model::{Arch, ModelConfig, SeqStep, Transformer};
 use kvbench::policies::{parse_tokens, Budget, Evictor, PolicyContext, PolicySpec};
 use kvbench::rng::Rng;
@@ -47,6 +48,9 @@ struct Args {
     /// `pool` (one slot pool, one attention per layer for every sequence) or `per-sequence`.
     #[arg(long, value_enum, default_value_t = kvbench::bench::DecodePath::Pool)]
     decode: kvbench::bench::DecodePath,
+    /// What a pooled step runs: `fused` or `reference` (candle's ops) [default: the device's].
+    #[arg(long, value_enum)]
+    kernels: Option<Kernels>,
     /// Batch sizes of the full-cache runs.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     batch: Vec<usize>,
@@ -203,6 +207,7 @@ struct Row {
     dtype: String,
     batch: usize,
     decode: kvbench::bench::DecodePath,
+    kernels: Kernels,
     prompt: usize,
     steps: usize,
     /// Kernels one decode step issues (the model's op ledger).
@@ -352,6 +357,7 @@ fn bench(
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         batch: run.batch,
         decode,
+        kernels: model.kernels(),
         prompt: run.prompt,
         steps: run.steps,
         ops_per_step,
@@ -424,10 +430,22 @@ fn check(device: &Device) -> Result<()> {
     };
     let reference = check_script(&build(DType::F32, &Device::Cpu)?, &prompts, &decode, false)?;
     let mut failed = false;
-    let runs =
-        [(DType::F32, false, 1e-5f32), (DType::F32, true, 1e-5), (DType::BF16, false, 5e-2), (DType::BF16, true, 5e-2)];
-    for (dtype, pooled, limit) in runs {
-        let got = check_script(&build(dtype, device)?, &prompts, &decode, pooled)?;
+    let (per_sequence, pooled) = (None, Some(Kernels::Reference));
+    let fused = Some(Kernels::Fused);
+    let runs = [
+        (DType::F32, per_sequence, 1e-5f32),
+        (DType::F32, pooled, 1e-5),
+        (DType::F32, fused, 1e-5),
+        (DType::BF16, per_sequence, 5e-2),
+        (DType::BF16, pooled, 5e-2),
+        (DType::BF16, fused, 5e-2),
+    ];
+    for (dtype, kernels, limit) in runs {
+        let mut model = build(dtype, device)?;
+        if let Some(k) = kernels {
+            model.set_kernels(k);
+        }
+        let got = check_script(&model, &prompts, &decode, kernels.is_some())?;
         let mut worst = 0f32;
         let mut agree = (0, 0);
         for (g, r) in got.iter().zip(&reference) {
@@ -442,7 +460,11 @@ fn check(device: &Device) -> Result<()> {
         println!(
             "check {} {dtype:?} {} vs cpu f32 per sequence: max rel err {worst:.2e} (limit {limit:.0e}), greedy agree {}/{} {}",
             if device.is_cpu() { "cpu" } else { "cuda" },
-            if pooled { "pool" } else { "per-sequence" },
+            match kernels {
+                None => "per-sequence",
+                Some(Kernels::Reference) => "pool",
+                Some(Kernels::Fused) => "pool fused",
+            },
             agree.0,
             agree.1,
             if ok { "PASS" } else { "FAIL" }
@@ -475,13 +497,17 @@ fn main() -> Result<()> {
     }
     let weights = random_weights(&cfg, dtype, &device)?;
     let weight_bytes = kvbench::bench::weight_bytes_per_step(&cfg, dtype);
-    let model = Transformer::load(&cfg, VarBuilder::from_tensors(weights, dtype, &device))?;
+    let mut model = Transformer::load(&cfg, VarBuilder::from_tensors(weights, dtype, &device))?;
+    if let Some(k) = args.kernels {
+        model.set_kernels(k);
+    }
     device.synchronize()?;
     println!(
-        "model: {} layers, hidden {}, vocab {}, {dtype:?}; {:.3} GB of weights read per step; built in {:.1} s",
+        "model: {} layers, hidden {}, vocab {}, {dtype:?}, {:?} kernels; {:.3} GB of weights read per step; built in {:.1} s",
         cfg.num_layers,
         cfg.hidden_size,
         cfg.vocab_size,
+        model.kernels(),
         weight_bytes as f64 / 1e9,
         t.elapsed().as_secs_f64()
     );

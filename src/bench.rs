@@ -34,6 +34,7 @@ use crate::decode::sampling::SamplingParams;
 use crate::eval::sample::{
     cache_capacity, decode_batch, start_sample, start_sample_in, PolicyResources, Sample, SampleState,
 };
+use crate::model::fused::Kernels;
 use crate::model::source::{LoadOptions, LoadedModel, ModelSource, WeightFormat};
 use crate::model::ModelConfig;
 use crate::policies::dynts::ImportancePredictor;
@@ -68,6 +69,8 @@ pub struct BenchPlan {
     /// Batch sizes, each benchmarked in turn.
     pub batches: Vec<usize>,
     pub decode: DecodePath,
+    /// The pooled step's kernels; `None`: the device's default.
+    pub kernels: Option<Kernels>,
     pub prefill_chunk: usize,
     pub seed: u64,
     /// GiB copied to measure the bandwidth.
@@ -131,6 +134,8 @@ pub struct BenchRow {
     pub predictor: String,
     pub batch: usize,
     pub decode: DecodePath,
+    /// What a pooled step ran: `fused` or `reference` (candle's ops).
+    pub kernels: Kernels,
     /// History length (prompt + generated) where this row was timed.
     pub context: usize,
     /// Prefill of a `context`-token prompt: prompt tokens per second, all sequences together
@@ -287,6 +292,7 @@ struct Machine {
     dtype: String,
     weights: String,
     threads: usize,
+    kernels: Kernels,
     bandwidth: f64,
     weight_bytes: usize,
     kv_bytes: usize,
@@ -305,6 +311,7 @@ pub fn run(plan: &BenchPlan, lm: &LoadedModel) -> Result<Vec<BenchRow>> {
         dtype: format!("{dtype:?}").to_lowercase(),
         weights: if lm.model.is_quantized() { WeightFormat::Native } else { WeightFormat::Dequantized }.name().into(),
         threads: rayon::current_num_threads(),
+        kernels: lm.model.kernels(),
         bandwidth,
         weight_bytes: lm.model.weight_bytes_per_step(),
         kv_bytes: kv_bytes_per_token(cfg, dtype),
@@ -453,6 +460,7 @@ fn bench_policy(
             predictor: predictor.to_string(),
             batch,
             decode: plan.decode,
+            kernels: m.kernels,
             context: ctx,
             prefill_tok_s: prefill[c].map(|p| p.0),
             ttft_ms: prefill[c].map(|p| p.1),

@@ -200,6 +200,10 @@ pub struct BenchArgs {
     /// `per-sequence` (a cache each, attention one sequence after another: the reference path).
     #[arg(long, value_enum, default_value_t = crate::bench::DecodePath::Pool)]
     pub decode: crate::bench::DecodePath,
+    /// What a pooled step runs: `fused` (this project's kernels) or `reference` (candle's ops)
+    /// [default: fused on the CPU, where both give the same bits; reference on CUDA].
+    #[arg(long, value_enum)]
+    pub kernels: Option<crate::model::fused::Kernels>,
     /// Prompt tokens per prefill forward.
     #[arg(long, default_value_t = defaults::PREFILL_CHUNK)]
     pub prefill_chunk: usize,

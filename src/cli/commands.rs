@@ -141,13 +141,17 @@ fn cmd_bench(args: super::args::BenchArgs) -> Result<u8> {
         steps: args.steps,
         batches: args.batch,
         decode: args.decode,
+        kernels: args.kernels,
         prefill_chunk: args.prefill_chunk,
         seed: args.seed,
         bandwidth_gib: args.bandwidth_gib,
         out: args.out,
     };
     plan.validate()?;
-    let lm = crate::model::load(&plan.source, &plan.load)?;
+    let mut lm = crate::model::load(&plan.source, &plan.load)?;
+    if let Some(kernels) = plan.kernels {
+        lm.model.set_kernels(kernels);
+    }
     let rows = crate::bench::run(&plan, &lm)?;
     crate::io::write_atomic(&plan.out, &crate::bench::csv(&rows)?)?;
     eprintln!("wrote {} ({} rows)", plan.out.display(), rows.len());

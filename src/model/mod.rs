@@ -2,6 +2,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf;

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::{Arch, ModelConfig};
+use super::fused::{Kernels, QkNorm};
 use super::ledger::op;
 use super::linear::{Proj, Weight};
 use crate::cache::observe::{AttentionView, Observer};
@@ -39,8 +40,8 @@ struct Attention {
     /// q_proj, k_proj and v_proj stacked: `[q | k | v]` per row.
     qkv_proj: Proj,
     o_proj: Proj,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
+    /// Qwen3's per-head norms of q and k.
+    qk_norm: Option<QkNorm>,
 }
 
 struct Mlp {
@@ -66,6 +67,8 @@ pub struct Transformer {
     /// On a GPU, cos and sin `[positions, head_dim/2]` for the first positions of the model's
     /// context; on the CPU computing a step's rows costs less than gathering them.
     rope: Option<(Tensor, Tensor)>,
+    /// What the batched decode step runs (the per-sequence path always runs candle's ops).
+    kernels: Kernels,
     device: Device,
     dtype: DType,
 }
@@ -146,13 +149,11 @@ impl Transformer {
             .map(|i| {
                 let vb_l = vb_m.pp("layers").pp(i);
                 let w_a = w_m.pp("layers").pp(i).pp("self_attn");
-                let (qk_norm_q, qk_norm_k) = if cfg.qk_norm {
-                    (
-                        Some(rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("q_norm"))?),
-                        Some(rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("k_norm"))?),
-                    )
+                let qk_norm = if cfg.qk_norm {
+                    let q = rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("q_norm"))?;
+                    Some(QkNorm::new(q, rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("k_norm"))?)?)
                 } else {
-                    (None, None)
+                    None
                 };
                 let self_attn = Attention {
                     qkv_proj: w_a.stacked(vec![
@@ -161,8 +162,7 @@ impl Transformer {
                         w_a.pp("v_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
                     ])?,
                     o_proj: w_a.pp("o_proj").linear(cfg.num_heads * hd, d, false)?,
-                    q_norm: qk_norm_q,
-                    k_norm: qk_norm_k,
+                    qk_norm,
                 };
                 let w_mlp = w_m.pp("layers").pp(i).pp("mlp");
                 let mlp = Mlp {
@@ -203,6 +203,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
+            kernels: Kernels::default_for(vb.device()),
             device: vb.device().clone(),
             dtype: vb.dtype(),
         })
@@ -227,11 +228,20 @@ impl Transformer {
                     + b.mlp.down_proj.weight_bytes()
                     + norm(&b.input_layernorm)
                     + norm(&b.post_attention_layernorm)
-                    + a.q_norm.as_ref().map_or(0, norm)
-                    + a.k_norm.as_ref().map_or(0, norm)
+                    + a.qk_norm.as_ref().map_or(0, |n| norm(&n.q) + norm(&n.k))
             })
             .sum();
         layers + norm(&self.norm) + self.lm_head.weight_bytes()
+    }
+
+    /// The kernels the batched decode step runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Runs the batched decode step on `kernels` instead of the device's default.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
     }
 
     /// Whether the projections keep GGML-quantized weights (`--weights native`).
@@ -404,9 +414,9 @@ impl Transformer {
         let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((n, nh, hd))?;
         let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((n, nkv, hd))?;
         let v = qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?.reshape((n, nkv, hd))?;
-        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-            q = qn.forward(&q.contiguous()?)?;
-            k = kn.forward(&k.contiguous()?)?;
+        if let Some(norm) = &a.qk_norm {
+            q = norm.q.forward(&q.contiguous()?)?;
+            k = norm.k.forward(&k.contiguous()?)?;
         }
         // [heads, n, hd]: RoPE is applied to all stacked rows at once, each row at its own position.
         let q = candle_nn::rotary_emb::rope(&q.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;

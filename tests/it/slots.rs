@@ -3,11 +3,13 @@
 //! same greedy tokens over 60 steps, from prompts of 3 to 129 tokens, also after compactions that
 //! keep a different subset in each slot (shared and per head). And, bit for bit, a row's numbers do
 //! not depend on its neighbours: not on a long one raising the padded length, not on which slot it
-//! has, not on what a reused slot held before. The ops a step issues do not grow with the batch.
+//! has, not on what a reused slot held before. The ops a step issues do not grow with the batch, and
+//! the fused kernels give the bits of the candle ops they replace.
 
 use crate::common::*;
 use kvbench::cache::pool::SlotPool;
 use kvbench::cache::KvCache;
+use kvbench::model::fused::Kernels;
 use kvbench::model::ledger;
 use kvbench::model::{Arch, SeqStep, Transformer};
 
@@ -214,14 +216,37 @@ fn a_slot_refuses_to_outgrow_its_capacity() {
     assert!(msg.contains("pool slot") && msg.contains("holds 8"), "{msg}");
 }
 
-/// The ops of one decode step, by the model's ledger: as many at 32 sequences as at one, ≤ 25 per
-/// layer, and the same kernels on the same shapes from one step to the next within a length bucket
-/// (what graph capture needs). The per-sequence path issues ~10 more per layer and sequence.
+/// The kernels of one step of a Qwen2 model (q/k/v biases) from the slot pool, by name: before
+/// the layers, per layer, after them; with candle's ops and with the fused kernels.
+const REFERENCE_STEP: [&str; 3] = [
+    "arange lt where embedding rms_norm",
+    "matmul bias copy copy copy rope rope scatter scatter scores add softmax mix matmul add rms_norm \
+     matmul silu mul matmul add rms_norm",
+    "matmul select",
+];
+const FUSED_STEP: [&str; 3] = [
+    "cat embedding rms_norm",
+    "matmul bias qkv_rope scatter scatter scores masked_softmax mix matmul add_rms_norm matmul silu_mul \
+     matmul add_rms_norm",
+    "matmul select",
+];
+
+fn step_names([head, layer, tail]: [&'static str; 3], layers: usize) -> Vec<&'static str> {
+    let mut names: Vec<&str> = head.split_whitespace().collect();
+    (0..layers).for_each(|_| names.extend(layer.split_whitespace()));
+    names.extend(tail.split_whitespace());
+    names
+}
+
+/// The ops of one decode step, by the model's ledger: exactly the kernels listed above, as many at
+/// 32 sequences as at one, and the same kernels on the same shapes from one step to the next within
+/// a length bucket (what graph capture needs). The per-sequence path issues ~10 more per layer and
+/// sequence.
 #[test]
 fn ops_per_step_do_not_grow_with_the_batch() {
     let cfg = small_config(Arch::Qwen2);
-    let model = build(&cfg, &random_weights(&cfg, 9));
-    let step_ops = |batch: usize, pooled: bool| {
+    let mut model = build(&cfg, &random_weights(&cfg, 9));
+    let step_ops = |model: &Transformer, batch: usize, pooled: bool| {
         let mut caches: Vec<KvCache> = if pooled {
             let pool = model.new_pool(batch, 64).unwrap();
             (0..batch).map(|_| pool.checkout().unwrap().unwrap()).collect()
@@ -244,16 +269,45 @@ fn ops_per_step_do_not_grow_with_the_batch() {
         }
         logs
     };
-    let one = step_ops(1, true);
-    let many = step_ops(32, true);
     let layers = cfg.num_layers;
-    assert!(many[0].len() <= one[0].len() + 2, "B=32: {} ops, B=1: {}", many[0].len(), one[0].len());
-    // ≤ 25 per layer, and a few per step (embedding, mask, final norm, lm_head).
-    assert!(many[0].len() <= 25 * layers + 10, "{} ops for {layers} layers", many[0].len());
-    assert!(many[0].len() >= 15 * layers, "the ledger misses ops: {}", many[0].len());
-    // Lengths 6..=14 plus 3 steps stay within one 32-entry bucket.
-    assert_eq!(many[0], many[1], "ops or shapes changed between steps");
-    assert_eq!(many[1], many[2], "ops or shapes changed between steps");
-    let per_sequence = step_ops(32, false);
-    assert!(per_sequence[0].len() > many[0].len() + 5 * 32 * layers, "{}", per_sequence[0].len());
+    let fused = step_names(FUSED_STEP, layers);
+    for (kernels, names) in [(Kernels::Fused, fused), (Kernels::Reference, step_names(REFERENCE_STEP, layers))] {
+        model.set_kernels(kernels);
+        let one = step_ops(&model, 1, true);
+        let many = step_ops(&model, 32, true);
+        for (b, ops) in [(1, &one[0]), (32, &many[0])] {
+            assert_eq!(ops.iter().map(|o| o.name).collect::<Vec<_>>(), names, "{kernels:?} at B={b}");
+        }
+        // Lengths 6..=14 plus 3 steps stay within one 32-entry bucket.
+        assert_eq!(many[0], many[1], "{kernels:?}: ops or shapes changed between steps");
+        assert_eq!(many[1], many[2], "{kernels:?}: ops or shapes changed between steps");
+        let per_sequence = step_ops(&model, 32, false);
+        assert!(per_sequence[0].len() > many[0].len() + 5 * 32 * layers, "{}", per_sequence[0].len());
+    }
+}
+
+/// The fused kernels of the batched step give candle's ops' bits on the CPU: every logit of every
+/// sequence over 60 steps with compactions, for each architecture and the test model.
+#[test]
+fn fused_kernels_give_the_reference_bits() {
+    let same_bits = |model: &mut Transformer, pool_cap: usize, what: &str| {
+        let prompts = prompts(model.config().vocab_size);
+        let plan = compactions(model, &prompts);
+        assert_eq!(model.kernels(), Kernels::Fused, "the CPU default");
+        let fused = pooled(model, &model.new_pool(4, pool_cap).unwrap(), &prompts, STEPS, &plan);
+        model.set_kernels(Kernels::Reference);
+        let reference = pooled(model, &model.new_pool(4, pool_cap).unwrap(), &prompts, STEPS, &plan);
+        for (i, ((fl, ft), (rl, rt))) in fused.iter().zip(&reference).enumerate() {
+            assert_eq!(ft, rt, "{what}: sequence {i}'s greedy tokens differ");
+            let differ = fl.iter().flatten().zip(rl.iter().flatten()).filter(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(differ.count(), 0, "{what}: sequence {i}'s logits differ in bits");
+        }
+    };
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        let cfg = small_config(arch);
+        same_bits(&mut build(&cfg, &random_weights(&cfg, 13)), 129 + STEPS + 1, &format!("{arch:?}"));
+    }
+    let Some(path) = test_model() else { return };
+    let mut lm = kvbench::model::load(&kvbench::model::ModelSource::Gguf { path }, &Default::default()).unwrap();
+    same_bits(&mut lm.model, 129 + STEPS + 1, "SmolLM2");
 }

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 
 use super::{SeqStep, Transformer};
 use crate::cache::observe::{AttentionView, Observer, RowHead};
 use crate::cache::pool::{PoolTensors, CONTEXT_BUCKET};
+use crate::model::fused::{self, QkvHeads, Step};
 use crate::model::ledger::op;
 use crate::model::slot_attention;
 
@@ -45,51 +46,28 @@ impl Transformer {
         }
         let longest = *attended.iter().max().expect("a pool has slots") as usize;
         let padded = longest.div_ceil(CONTEXT_BUCKET) * CONTEXT_BUCKET;
-        // Per step, shared by all layers: the additive length mask and the K/V write index.
-        let mask = {
-            let attended = Tensor::from_slice(&attended, (rows, 1), dev)?;
-            let cols = Tensor::arange(0u32, padded as u32, dev)?;
-            op("arange", &cols);
-            let visible = cols.broadcast_lt(&attended)?;
-            op("lt", &visible);
-            let zero = Tensor::zeros((), self.dtype, dev)?.broadcast_as((rows, padded))?;
-            let hidden =
-                Tensor::full(f32::NEG_INFINITY, (), dev)?.to_dtype(self.dtype)?.broadcast_as((rows, padded))?;
-            let mask = visible.where_cond(&zero, &hidden)?;
-            op("where", &mask);
-            mask.reshape((rows, 1, 1, padded))?
-        };
         let index: Vec<u32> =
             (0..rows * nkv).flat_map(|r| std::iter::repeat_n(((r * width) + write_at[r / nkv]) as u32, hd)).collect();
         let index = Tensor::from_vec(index, (rows * nkv, hd), dev)?;
         let ids = Tensor::from_vec(tokens, rows, dev)?;
         let (cos, sin) = self.rope_tables(&positions)?;
-        let (cos, sin) = (cos.reshape((rows, 1, hd / 2))?, sin.reshape((rows, 1, hd / 2))?);
+        // Shared by all layers: the RoPE rows and the lengths, as the step's kernels take them.
+        let step = Step::new(self.kernels, cos, sin, &attended, padded)?;
+        let eps = cfg.rms_norm_eps as f32;
+        let qkv_heads = QkvHeads { q: nh, kv: nkv, dim: hd, eps };
         let scale = 1.0 / (hd as f64).sqrt();
 
         let mut x = self.embed_tokens.forward(&ids)?;
         op("embedding", &x);
+        // Each block's residual sum is fused with the norm that follows it: the next block's
+        // input norm, or the final one.
+        let mut h = self.layers[0].input_layernorm.forward(&x)?;
+        op("rms_norm", &h);
         for (li, block) in self.layers.iter().enumerate() {
             let a = &block.self_attn;
-            let h = block.input_layernorm.forward(&x)?;
-            op("rms_norm", &h);
             let qkv = a.qkv_proj.forward(&h)?;
-            let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((rows, nh, hd))?;
-            op("copy", &q);
-            let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((rows, nkv, hd))?;
-            op("copy", &k);
-            let v = qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?.reshape((rows * nkv, hd))?;
-            op("copy", &v);
-            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-                q = qn.forward(&q)?;
-                op("rms_norm", &q);
-                k = kn.forward(&k)?;
-                op("rms_norm", &k);
-            }
-            let q = candle_nn::rotary_emb::rope(&q.unsqueeze(2)?, &cos, &sin)?.reshape((rows, nkv, groups, hd))?;
-            op("rope", &q);
-            let k = candle_nn::rotary_emb::rope(&k.unsqueeze(2)?, &cos, &sin)?.reshape((rows * nkv, hd))?;
-            op("rope", &k);
+            let (q, k, v) = step.qkv_rope(&qkv, a.qk_norm.as_ref(), qkv_heads)?;
+            let q = q.reshape((rows, nkv, groups, hd))?;
             let (pk, pv) = (&pool.k[li], &pool.v[li]);
             pk.reshape((rows * nkv * width, hd))?.scatter_set(&index, &k, 0)?;
             op("scatter", pk);
@@ -98,10 +76,7 @@ impl Transformer {
             let (keys, values) = (pk.narrow(2, 0, padded)?, pv.narrow(2, 0, padded)?);
             let scores = slot_attention::scores(&q, &keys, &attended, scale)?;
             op("scores", &scores);
-            let scores = scores.broadcast_add(&mask)?;
-            op("add", &scores);
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            op("softmax", &probs);
+            let probs = step.softmax(&scores)?;
             if request.attention {
                 if let Some(obs) = observer.as_deref_mut() {
                     // Summed over heads for every row at once (f32 first: CUDA sums bf16 in bf16).
@@ -127,10 +102,13 @@ impl Transformer {
             let out = slot_attention::mix(&probs, &values, &attended)?;
             op("mix", &out);
             let attn = a.o_proj.forward(&out.reshape((rows, nh * hd))?)?;
-            x = self.block_tail(block, x, attn)?;
+            let (sum, normed) = fused::add_rms_norm(step.kernels, &x, &attn, &block.post_attention_layernorm, eps)?;
+            let gated = fused::silu_mul(step.kernels, &block.mlp.gate_up_proj.forward(&normed)?)?;
+            let mlp = block.mlp.down_proj.forward(&gated)?;
+            let next_norm = self.layers.get(li + 1).map_or(&self.norm, |b| &b.input_layernorm);
+            (x, h) = fused::add_rms_norm(step.kernels, &sum, &mlp, next_norm, eps)?;
         }
-        let hidden = self.norm.forward(&x)?;
-        op("rms_norm", &hidden);
+        let hidden = h;
         if request.hidden {
             if let Some(obs) = observer {
                 // Each row head once over every row (a fixed row count, so batch-invariant).

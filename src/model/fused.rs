@@ -1,0 +1,808 @@
+//! Fused kernels of the batched decode step: each does in one kernel what a run of candle ops does
+//! (the reference, kept beside it), so that a step issues fewer launches on a GPU.
+//!
+//! - `qkv_rope`: splits the stacked projection into q, k and v heads, applies Qwen3's per-head
+//!   RMSNorm where the model has one, and rotates q and k (non-interleaved RoPE). Replaces three
+//!   copies, two RoPEs and, for Qwen3, two norms.
+//! - `masked_softmax`: softmax over each row's first `attended` scores, exact zeros past them.
+//!   Replaces the step's additive length mask (three ops) and, per layer, its add and the softmax.
+//! - `silu_mul`: `silu(gate) · up` from the stacked `[gate | up]`. Replaces a SiLU and a product.
+//! - `add_rms_norm`: the residual sum and its RMSNorm, both kept. Replaces an add and a norm.
+//!
+//! On the CPU in f32 each computes what the ops it replaces compute, in the same order and the same
+//! precision, so the two give the same bits (the tests compare them). On CUDA the kernels
+//! (`fused.cu`) are compiled at run time by NVRTC, so a CUDA build needs no extra build step; they
+//! reduce in a different order, as any GPU kernel does. Elsewhere (CPU in 16-bit dtypes) the
+//! reference ops run.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor, D};
+use candle_nn::RmsNorm;
+use rayon::prelude::*;
+
+use super::ledger::op;
+
+/// Which code a batched decode step runs: candle's ops, or the fused kernels of this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernels {
+    /// candle's ops, one kernel each: the reference the fused kernels are tested against.
+    Reference,
+    /// The fused kernels, where they exist for the device and dtype (else the reference ops).
+    #[default]
+    Fused,
+}
+
+impl Kernels {
+    /// The kernels a model on `device` runs unless told otherwise: fused on the CPU, where they
+    /// give the reference's bits; on CUDA the reference until the fused kernels have been checked
+    /// against the CPU on a GPU (`bench/gpu-run.sh` compares both).
+    pub fn default_for(device: &candle_core::Device) -> Self {
+        if device.is_cpu() {
+            Kernels::Fused
+        } else {
+            Kernels::Reference
+        }
+    }
+
+    /// Whether the fused kernel runs for tensors like `t`.
+    fn fused_for(self, t: &Tensor) -> bool {
+        self == Kernels::Fused && (t.device().is_cuda() || (t.device().is_cpu() && t.dtype() == DType::F32))
+    }
+}
+
+/// The RoPE rows of a step, in the form its kernels take.
+pub(crate) enum StepRope {
+    /// cos and sin `[rows, 1, head_dim/2]`, for candle's `rope`.
+    Pair(Tensor, Tensor),
+    /// cos and sin side by side, `[rows, head_dim]`.
+    Table(Tensor),
+}
+
+/// Which keys each row of a step attends to, in the form its softmax takes.
+pub(crate) enum StepLengths {
+    /// An additive mask `[rows, 1, 1, padded]`: 0 where visible, −∞ past the row's length.
+    Mask(Tensor),
+    /// The lengths themselves, `[rows]` u32.
+    Lengths(Tensor),
+}
+
+/// The shared inputs of one batched step's layers.
+pub(crate) struct Step {
+    pub(crate) kernels: Kernels,
+    pub(crate) rope: StepRope,
+    pub(crate) lengths: StepLengths,
+}
+
+impl Step {
+    /// Built once per step from the RoPE rows `cos`, `sin` `[rows, head_dim/2]` and the keys each
+    /// row attends to (≥ 1 each) out of `padded`.
+    pub(crate) fn new(
+        kernels: Kernels,
+        cos: Tensor,
+        sin: Tensor,
+        attended: &[u32],
+        padded: usize,
+    ) -> candle_core::Result<Self> {
+        let (dev, dtype, rows) = (cos.device().clone(), cos.dtype(), attended.len());
+        let lengths = Tensor::from_slice(attended, rows, &dev)?;
+        if kernels.fused_for(&cos) {
+            let table = Tensor::cat(&[&cos, &sin], D::Minus1)?;
+            op("cat", &table);
+            return Ok(Step { kernels, rope: StepRope::Table(table), lengths: StepLengths::Lengths(lengths) });
+        }
+        let half = cos.dim(D::Minus1)?;
+        let rope = StepRope::Pair(cos.reshape((rows, 1, half))?, sin.reshape((rows, 1, half))?);
+        let cols = Tensor::arange(0u32, padded as u32, &dev)?;
+        op("arange", &cols);
+        let visible = cols.broadcast_lt(&lengths.reshape((rows, 1))?)?;
+        op("lt", &visible);
+        let zero = Tensor::zeros((), dtype, &dev)?.broadcast_as((rows, padded))?;
+        let hidden = Tensor::full(f32::NEG_INFINITY, (), &dev)?.to_dtype(dtype)?.broadcast_as((rows, padded))?;
+        let mask = visible.where_cond(&zero, &hidden)?;
+        op("where", &mask);
+        Ok(Step { kernels, rope, lengths: StepLengths::Mask(mask.reshape((rows, 1, 1, padded))?) })
+    }
+
+    /// q `[rows, num_heads, head_dim]`, k and v `[rows·num_kv_heads, head_dim]` from the stacked
+    /// projection `[rows, (num_heads + 2·num_kv_heads)·head_dim]`, q and k normed (when `qk_norm`)
+    /// and rotated.
+    pub(crate) fn qkv_rope(
+        &self,
+        qkv: &Tensor,
+        qk_norm: Option<&QkNorm>,
+        heads: QkvHeads,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let QkvHeads { q: nh, kv: nkv, dim: hd, .. } = heads;
+        let rows = qkv.dim(0)?;
+        if let StepRope::Table(table) = &self.rope {
+            let fused = QkvRope { heads };
+            let out = match qk_norm {
+                Some(norm) => qkv.apply_op3_no_bwd(table, &norm.stacked, &fused)?,
+                None => qkv.apply_op2_no_bwd(table, &fused)?,
+            };
+            op("qkv_rope", &out);
+            let (nq, nk) = (rows * nh * hd, rows * nkv * hd);
+            return Ok((
+                out.narrow(0, 0, nq)?.reshape((rows, nh, hd))?,
+                out.narrow(0, nq, nk)?.reshape((rows * nkv, hd))?,
+                out.narrow(0, nq + nk, nk)?.reshape((rows * nkv, hd))?,
+            ));
+        }
+        let StepRope::Pair(cos, sin) = &self.rope else { unreachable!("a step's RoPE is a table or a pair") };
+        let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((rows, nh, hd))?;
+        op("copy", &q);
+        let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((rows, nkv, hd))?;
+        op("copy", &k);
+        let v = qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?.reshape((rows * nkv, hd))?;
+        op("copy", &v);
+        if let Some(norm) = qk_norm {
+            q = norm.q.forward(&q)?;
+            op("rms_norm", &q);
+            k = norm.k.forward(&k)?;
+            op("rms_norm", &k);
+        }
+        let q = candle_nn::rotary_emb::rope(&q.unsqueeze(2)?, cos, sin)?.reshape((rows, nh, hd))?;
+        op("rope", &q);
+        let k = candle_nn::rotary_emb::rope(&k.unsqueeze(2)?, cos, sin)?.reshape((rows * nkv, hd))?;
+        op("rope", &k);
+        Ok((q, k, v))
+    }
+
+    /// Probabilities from scores `[rows, …, padded]`: each row's softmax over the keys it attends
+    /// to, exact zeros past them.
+    pub(crate) fn softmax(&self, scores: &Tensor) -> candle_core::Result<Tensor> {
+        let probs = match &self.lengths {
+            StepLengths::Lengths(lengths) => {
+                let probs = scores.apply_op2_no_bwd(lengths, &MaskedSoftmax)?;
+                op("masked_softmax", &probs);
+                return Ok(probs);
+            }
+            StepLengths::Mask(mask) => {
+                let masked = scores.broadcast_add(mask)?;
+                op("add", &masked);
+                candle_nn::ops::softmax_last_dim(&masked)?
+            }
+        };
+        op("softmax", &probs);
+        Ok(probs)
+    }
+}
+
+/// Qwen3's per-head RMSNorms of q and k, and their weights stacked `[2, head_dim]` for the fused
+/// kernel.
+pub(crate) struct QkNorm {
+    pub(crate) q: RmsNorm,
+    pub(crate) k: RmsNorm,
+    stacked: Tensor,
+}
+
+impl QkNorm {
+    pub(crate) fn new(q: RmsNorm, k: RmsNorm) -> candle_core::Result<Self> {
+        let stacked = Tensor::stack(&[q.weight(), k.weight()], 0)?;
+        Ok(QkNorm { q, k, stacked })
+    }
+}
+
+/// The attention heads of a stacked q/k/v projection, and the epsilon of their norms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QkvHeads {
+    pub(crate) q: usize,
+    pub(crate) kv: usize,
+    pub(crate) dim: usize,
+    pub(crate) eps: f32,
+}
+
+/// `silu(gate) · up` `[rows, f]` from `gate_up` `[rows, 2f]`.
+pub(crate) fn silu_mul(kernels: Kernels, gate_up: &Tensor) -> candle_core::Result<Tensor> {
+    if kernels.fused_for(gate_up) {
+        let out = gate_up.apply_op1_no_bwd(&SiluMul)?;
+        op("silu_mul", &out);
+        return Ok(out);
+    }
+    let f = gate_up.dim(D::Minus1)? / 2;
+    let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, f)?)?;
+    op("silu", &gate);
+    let out = (gate * gate_up.narrow(D::Minus1, f, f)?)?;
+    op("mul", &out);
+    Ok(out)
+}
+
+/// The residual sum `x + y` and its RMSNorm by `norm` (epsilon `eps`, as the norm was built with).
+pub(crate) fn add_rms_norm(
+    kernels: Kernels,
+    x: &Tensor,
+    y: &Tensor,
+    norm: &RmsNorm,
+    eps: f32,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    if kernels.fused_for(x) {
+        let out = x.apply_op3_no_bwd(y, norm.weight(), &AddRmsNorm { eps })?;
+        op("add_rms_norm", &out);
+        return Ok((out.get(0)?, out.get(1)?));
+    }
+    let sum = (x + y)?;
+    op("add", &sum);
+    let normed = norm.forward(&sum)?;
+    op("rms_norm", &normed);
+    Ok((sum, normed))
+}
+
+struct QkvRope {
+    heads: QkvHeads,
+}
+
+struct MaskedSoftmax;
+
+struct SiluMul;
+
+struct AddRmsNorm {
+    eps: f32,
+}
+
+/// A contiguous f32 operand's elements.
+fn f32s<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op}: operands must be contiguous"),
+    }
+}
+
+/// candle's RMSNorm of one row (`candle_nn::ops::rms_norm`): the sum of squares in order, then
+/// `x / rms · w`.
+fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum2 = x.iter().map(|&v| v * v).sum::<f32>();
+    let m = (sum2 / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = v / m * w;
+    }
+}
+
+/// candle's SiLU (`x / (1 + e^-x)`).
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+impl QkvRope {
+    /// One row's heads: q, k (normed by `norms` `[q | k]` when given, then rotated) and v, each
+    /// written to its region of `out` (`[q heads] [k heads] [v heads]` over all rows).
+    fn cpu(&self, qkv: &[f32], table: &[f32], norms: Option<&[f32]>, rows: usize) -> Vec<f32> {
+        let QkvHeads { q: nh, kv: nkv, dim: hd, eps } = self.heads;
+        let half = hd / 2;
+        let mut out = vec![0f32; qkv.len()];
+        let (q_out, kv_out) = out.split_at_mut(rows * nh * hd);
+        let (k_out, v_out) = kv_out.split_at_mut(rows * nkv * hd);
+        let mut normed = vec![0f32; hd];
+        for r in 0..rows {
+            let x = &qkv[r * (nh + 2 * nkv) * hd..][..(nh + 2 * nkv) * hd];
+            let (cos, sin) = table[r * hd..(r + 1) * hd].split_at(half);
+            for h in 0..nh + nkv {
+                let src = &x[h * hd..(h + 1) * hd];
+                let src = match norms {
+                    Some(w) => {
+                        rms_row(src, &w[if h < nh { 0 } else { hd }..][..hd], eps, &mut normed);
+                        &normed[..]
+                    }
+                    None => src,
+                };
+                let dst = if h < nh { &mut q_out[(r * nh + h) * hd..] } else { &mut k_out[(r * nkv + h - nh) * hd..] };
+                for i in 0..half {
+                    let (a, b) = (src[i], src[i + half]);
+                    dst[i] = a * cos[i] - b * sin[i];
+                    dst[i + half] = a * sin[i] + b * cos[i];
+                }
+            }
+            v_out[r * nkv * hd..(r + 1) * nkv * hd].copy_from_slice(&x[(nh + nkv) * hd..]);
+        }
+        out
+    }
+
+    fn check(&self, l_qkv: &Layout, l_table: &Layout) -> candle_core::Result<usize> {
+        let QkvHeads { q: nh, kv: nkv, dim: hd, .. } = self.heads;
+        let (rows, width) = l_qkv.shape().dims2()?;
+        if width != (nh + 2 * nkv) * hd || l_table.shape().dims2()? != (rows, hd) {
+            candle_core::bail!(
+                "qkv_rope: qkv {:?} and table {:?} do not fit {:?}",
+                l_qkv.shape(),
+                l_table.shape(),
+                self.heads
+            );
+        }
+        Ok(rows)
+    }
+}
+
+impl CustomOp2 for QkvRope {
+    fn name(&self) -> &'static str {
+        "qkv-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let rows = self.check(l1, l2)?;
+        let out = self.cpu(f32s("qkv_rope", s1, l1)?, f32s("qkv_rope", s2, l2)?, None, rows);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let rows = self.check(l1, l2)?;
+        cuda::qkv_rope(self.heads, rows, (s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for QkvRope {
+    fn name(&self) -> &'static str {
+        "qkv-rope-normed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let rows = self.check(l1, l2)?;
+        let norms = f32s("qkv_rope", s3, l3)?;
+        let out = self.cpu(f32s("qkv_rope", s1, l1)?, f32s("qkv_rope", s2, l2)?, Some(norms), rows);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let rows = self.check(l1, l2)?;
+        cuda::qkv_rope(self.heads, rows, (s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    /// Per row what candle's softmax of the masked scores computes: the max over the visible
+    /// scores, `exp(s − max)` there and `exp(−∞) = 0` past them, the sum over the whole padded row
+    /// by candle's own reduction, then the division.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::cpu::kernels::VecOps;
+        let scores = f32s(self.name(), s1, l1)?;
+        let lengths = match (s2, l2.contiguous_offsets()) {
+            (CpuStorage::U32(l), Some((a, b))) => &l[a..b],
+            _ => candle_core::bail!("masked_softmax: the lengths must be a contiguous u32 tensor"),
+        };
+        let padded = l1.dims()[l1.dims().len() - 1];
+        let per_row = scores.len() / lengths.len().max(1);
+        let mut out = vec![0f32; scores.len()];
+        out.par_chunks_mut(padded).zip(scores.par_chunks(padded)).enumerate().for_each(|(i, (dst, src))| {
+            let n = (lengths[i * padded / per_row] as usize).clamp(1, padded);
+            let max = src[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for (d, &s) in dst[..n].iter_mut().zip(&src[..n]) {
+                *d = (s - max).exp();
+            }
+            let mut sum = 0f32;
+            // SAFETY: `dst` holds `padded` elements.
+            unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, padded) };
+            for d in dst.iter_mut() {
+                *d /= sum;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::masked_softmax((s1, l1), (s2, l2))
+    }
+}
+
+impl CustomOp1 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32s(self.name(), s, l)?;
+        let (rows, width) = l.shape().dims2()?;
+        let f = width / 2;
+        let mut out = vec![0f32; rows * f];
+        out.par_chunks_mut(f).zip(x.par_chunks(width)).for_each(|(dst, src)| {
+            let (gate, up) = src.split_at(f);
+            for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+                *d = silu(g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, f))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::silu_mul((s, l))
+    }
+}
+
+impl CustomOp3 for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "add-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, y, w) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?, f32s(self.name(), s3, l3)?);
+        let (rows, n) = l1.shape().dims2()?;
+        if l2.dims() != l1.dims() || w.len() != n {
+            candle_core::bail!("add_rms_norm: {:?} + {:?}, weight {:?}", l1.shape(), l2.shape(), l3.shape());
+        }
+        let mut out = vec![0f32; 2 * rows * n];
+        let (sums, normed) = out.split_at_mut(rows * n);
+        sums.par_chunks_mut(n).zip(normed.par_chunks_mut(n)).enumerate().for_each(|(r, (s, o))| {
+            for ((s, &a), &b) in s.iter_mut().zip(&x[r * n..(r + 1) * n]).zip(&y[r * n..(r + 1) * n]) {
+                *s = a + b;
+            }
+            rms_row(s, w, self.eps, o);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((2, rows, n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::add_rms_norm(self.eps, (s1, l1), (s2, l2), (s3, l3))
+    }
+}
+
+/// The kernels of `fused.cu`, compiled by NVRTC once per process and loaded once per device.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::sync::OnceLock;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, WithDType};
+    use half::{bf16, f16};
+
+    use super::QkvHeads;
+
+    const SOURCE: &str = include_str!("fused.cu");
+
+    type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// The PTX of `fused.cu` (compiled on first use; a compile error is every later call's error).
+    fn ptx() -> Result<&'static str> {
+        static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+        PTX.get_or_init(|| {
+            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE).map(|p| p.to_src()).map_err(|e| e.to_string())
+        })
+        .as_deref()
+        .map_err(|e| candle_core::Error::Msg(format!("compiling the fused kernels (NVRTC): {e}")))
+    }
+
+    fn function(dev: &CudaDevice, name: &str, dtype: DType) -> Result<CudaFunction> {
+        let suffix = match dtype {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            other => candle_core::bail!("fused kernels: no {name} for {other:?}"),
+        };
+        Ok(dev.get_or_load_custom_func(&format!("{name}_{suffix}"), "kvbench_fused", ptx()?)?.into_cuda_function())
+    }
+
+    fn view<'a, T: CudaDType>((s, l): Operand<'a>, what: &str) -> Result<CudaView<'a, T>> {
+        match l.contiguous_offsets() {
+            Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
+            None => candle_core::bail!("fused kernels: {what} must be contiguous"),
+        }
+    }
+
+    /// Runs `$f::<T>` for the storage's float dtype.
+    macro_rules! by_dtype {
+        ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+            match $dtype {
+                DType::F32 => $f::<f32>($($arg),*),
+                DType::BF16 => $f::<bf16>($($arg),*),
+                DType::F16 => $f::<f16>($($arg),*),
+                other => candle_core::bail!("fused kernels: unsupported dtype {other:?}"),
+            }
+        };
+    }
+
+    /// Threads per block for a row of `n` elements: whole warps, at most 1024.
+    fn threads(n: usize) -> u32 {
+        (n.div_ceil(32) * 32).clamp(32, 1024) as u32
+    }
+
+    pub(super) fn qkv_rope(
+        heads: QkvHeads,
+        rows: usize,
+        qkv: Operand<'_>,
+        table: Operand<'_>,
+        norms: Option<Operand<'_>>,
+    ) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + WithDType + DeviceRepr>(
+            heads: QkvHeads,
+            rows: usize,
+            qkv: Operand<'_>,
+            table: Operand<'_>,
+            norms: Option<Operand<'_>>,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = &qkv.0.device;
+            let QkvHeads { q: nh, kv: nkv, dim: hd, eps } = heads;
+            let n = rows * (nh + 2 * nkv) * hd;
+            let (x, t) = (view::<T>(qkv, "qkv")?, view::<T>(table, "the RoPE table")?);
+            // Without norms the kernel reads none: the table stands in for the pointer.
+            let w = match norms {
+                Some(n) => view::<T>(n, "the q/k norms")?,
+                None => view::<T>(table, "the RoPE table")?,
+            };
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let f = function(dev, "qkv_rope", T::DTYPE)?;
+            let cfg = LaunchConfig {
+                grid_dim: ((nh + 2 * nkv) as u32, rows as u32, 1),
+                block_dim: (threads(hd / 2), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (nh, nkv, hd, normed) = (nh as i32, nkv as i32, hd as i32, norms.is_some() as i32);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&t).arg(&w).arg(&out).arg(&nh).arg(&nkv).arg(&hd).arg(&normed).arg(&eps);
+            // SAFETY: the arguments match the kernel's signature; the grid covers every head of every row.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(n)))
+        }
+        by_dtype!(qkv.0.dtype(), run(heads, rows, qkv, table, norms))
+    }
+
+    pub(super) fn masked_softmax(scores: Operand<'_>, lengths: Operand<'_>) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + WithDType + DeviceRepr>(
+            scores: Operand<'_>,
+            lengths: Operand<'_>,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = &scores.0.device;
+            let shape = scores.1.shape().clone();
+            let padded = shape.dims()[shape.rank() - 1];
+            let rows = lengths.1.shape().elem_count();
+            let lines = shape.elem_count() / padded;
+            let (s, l) = (view::<T>(scores, "the scores")?, view::<u32>(lengths, "the lengths")?);
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(shape.elem_count())? };
+            let f = function(dev, "masked_softmax", T::DTYPE)?;
+            let cfg = LaunchConfig {
+                grid_dim: (lines as u32, 1, 1),
+                block_dim: (threads(padded), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (per_row, padded) = ((lines / rows.max(1)) as i32, padded as i32);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&s).arg(&l).arg(&out).arg(&per_row).arg(&padded);
+            // SAFETY: the arguments match the kernel's signature; one block per line of scores.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+        }
+        by_dtype!(scores.0.dtype(), run(scores, lengths))
+    }
+
+    pub(super) fn silu_mul(gate_up: Operand<'_>) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + WithDType + DeviceRepr>(gate_up: Operand<'_>) -> Result<(CudaStorage, Shape)> {
+            let dev = &gate_up.0.device;
+            let (rows, width) = gate_up.1.shape().dims2()?;
+            let g = view::<T>(gate_up, "gate_up")?;
+            let n = rows * width / 2;
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let f = function(dev, "silu_mul", T::DTYPE)?;
+            let cfg = LaunchConfig::for_num_elems(n as u32);
+            let (n, f_dim) = (n as i32, (width / 2) as i32);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&g).arg(&out).arg(&n).arg(&f_dim);
+            // SAFETY: the arguments match the kernel's signature; the kernel bounds its index by n.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((rows, width / 2))))
+        }
+        by_dtype!(gate_up.0.dtype(), run(gate_up))
+    }
+
+    pub(super) fn add_rms_norm(
+        eps: f32,
+        x: Operand<'_>,
+        y: Operand<'_>,
+        w: Operand<'_>,
+    ) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + WithDType + DeviceRepr>(
+            eps: f32,
+            x: Operand<'_>,
+            y: Operand<'_>,
+            w: Operand<'_>,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = &x.0.device;
+            let (rows, n) = x.1.shape().dims2()?;
+            if y.1.dims() != x.1.dims() || w.1.shape().elem_count() != n {
+                candle_core::bail!("add_rms_norm: {:?} + {:?}, weight {:?}", x.1.shape(), y.1.shape(), w.1.shape());
+            }
+            let (xs, ys, ws) = (view::<T>(x, "x")?, view::<T>(y, "y")?, view::<T>(w, "the norm's weight")?);
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(2 * rows * n)? };
+            let f = function(dev, "add_rms_norm", T::DTYPE)?;
+            let cfg =
+                LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads(n), 1, 1), shared_mem_bytes: 0 };
+            let (rows_i, n_i) = (rows as i32, n as i32);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&xs).arg(&ys).arg(&ws).arg(&out).arg(&rows_i).arg(&n_i).arg(&eps);
+            // SAFETY: the arguments match the kernel's signature; one block per row.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((2, rows, n))))
+        }
+        by_dtype!(x.0.dtype(), run(eps, x, y, w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    /// Deterministic values in `[-scale, scale)`, with exact zeros and a few large ones mixed in.
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                match i % 37 {
+                    0 => 0.0,
+                    5 => (u - 0.5) * 60.0,
+                    _ => (u * 2.0 - 1.0) * scale,
+                }
+            })
+            .collect()
+    }
+
+    fn tensor(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(values(n, seed, scale), shape, &Device::Cpu).unwrap()
+    }
+
+    fn norm(n: usize, seed: u64) -> RmsNorm {
+        RmsNorm::new(tensor(&[n], seed, 1.5), 1e-6)
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    }
+
+    fn assert_same_bits(fused: &Tensor, reference: &Tensor, what: &str) {
+        assert_eq!(fused.dims(), reference.dims(), "{what}: shapes");
+        let (f, r) = (bits(fused), bits(reference));
+        let differ = f.iter().zip(&r).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{what}: {differ} of {} elements differ", f.len());
+    }
+
+    /// Both kinds of step over the same inputs.
+    fn steps(rows: usize, hd: usize, attended: &[u32], padded: usize, seed: u64) -> [Step; 2] {
+        let (cos, sin) = (tensor(&[rows, hd / 2], seed, 1.0), tensor(&[rows, hd / 2], seed + 1, 1.0));
+        [Kernels::Fused, Kernels::Reference].map(|k| Step::new(k, cos.clone(), sin.clone(), attended, padded).unwrap())
+    }
+
+    #[test]
+    fn qkv_rope_gives_the_reference_bits() {
+        for (rows, nh, nkv, hd) in [(1, 4, 2, 16), (3, 12, 2, 128), (33, 3, 1, 8), (5, 9, 3, 64)] {
+            let [fused, reference] = steps(rows, hd, &vec![1; rows], 32, rows as u64);
+            let heads = QkvHeads { q: nh, kv: nkv, dim: hd, eps: 1e-6 };
+            let qkv = tensor(&[rows, (nh + 2 * nkv) * hd], 7 + hd as u64, 3.0);
+            let qk_norm = QkNorm::new(norm(hd, 1), norm(hd, 2)).unwrap();
+            for normed in [None, Some(&qk_norm)] {
+                assert!(matches!(fused.rope, StepRope::Table(_)) && matches!(reference.rope, StepRope::Pair(..)));
+                let f = fused.qkv_rope(&qkv, normed, heads).unwrap();
+                let r = reference.qkv_rope(&qkv, normed, heads).unwrap();
+                let what = format!("rows {rows}, heads {nh}/{nkv}, dim {hd}, normed {}", normed.is_some());
+                for (name, a, b) in [("q", &f.0, &r.0), ("k", &f.1, &r.1), ("v", &f.2, &r.2)] {
+                    assert_same_bits(a, b, &format!("{what}: {name}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_softmax_gives_the_reference_bits() {
+        for (rows, heads, padded) in [(1, 1, 32), (4, 6, 64), (33, 2, 224)] {
+            // Lengths from one key to the whole padded row.
+            let attended: Vec<u32> =
+                (0..rows).map(|r| [1, padded, padded / 2 + 3, 17][r % 4].min(padded) as u32).collect();
+            let [fused, reference] = steps(rows, 8, &attended, padded, 3);
+            // Scores past a row's length are what the CPU scores kernel leaves there: zeros.
+            let mut s = values(rows * heads * padded, padded as u64, 8.0);
+            for (i, v) in s.iter_mut().enumerate() {
+                if i % padded >= attended[i / (heads * padded)] as usize {
+                    *v = 0.0;
+                }
+            }
+            let scores = Tensor::from_vec(s, (rows, 1, heads, padded), &Device::Cpu).unwrap();
+            let (f, r) = (fused.softmax(&scores).unwrap(), reference.softmax(&scores).unwrap());
+            assert_same_bits(&f, &r, &format!("rows {rows}, heads {heads}, padded {padded}"));
+        }
+    }
+
+    #[test]
+    fn silu_mul_and_add_rms_norm_give_the_reference_bits() {
+        for (rows, n) in [(1, 8), (7, 96), (33, 40)] {
+            let gate_up = tensor(&[rows, 2 * n], n as u64, 6.0);
+            let f = silu_mul(Kernels::Fused, &gate_up).unwrap();
+            assert_same_bits(&f, &silu_mul(Kernels::Reference, &gate_up).unwrap(), &format!("silu_mul {rows}×{n}"));
+
+            let (x, y, w) = (tensor(&[rows, n], 1, 4.0), tensor(&[rows, n], 2, 4.0), norm(n, 3));
+            let (fs, fh) = add_rms_norm(Kernels::Fused, &x, &y, &w, 1e-6).unwrap();
+            let (rs, rh) = add_rms_norm(Kernels::Reference, &x, &y, &w, 1e-6).unwrap();
+            assert_same_bits(&fs, &rs, &format!("add_rms_norm {rows}×{n}: sum"));
+            assert_same_bits(&fh, &rh, &format!("add_rms_norm {rows}×{n}: norm"));
+        }
+    }
+
+    /// 16-bit dtypes on the CPU run the reference ops, whatever was asked.
+    #[test]
+    fn the_cpu_fuses_f32_only() {
+        let x = tensor(&[2, 8], 1, 1.0);
+        assert!(Kernels::Fused.fused_for(&x));
+        assert!(!Kernels::Fused.fused_for(&x.to_dtype(DType::BF16).unwrap()));
+        assert!(!Kernels::Reference.fused_for(&x));
+        assert_eq!(Kernels::default_for(&Device::Cpu), Kernels::Fused);
+    }
+}
