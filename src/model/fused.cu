@@ -64,13 +64,17 @@ __device__ float block_max(float v) {
 }
 
 // One block per (head, row) of the stacked projection [rows, (nh + 2 nkv) hd]; thread i holds the
-// pair (i, i + hd/2). Output regions: q [rows, nh, hd], then k [rows, nkv, hd], then v.
+// pair (i, i + hd/2). `extras`: the projection's bias [(nh + 2 nkv) hd] when biased, then the q and
+// k norms' weights [2 hd] when normed. Output regions: q [rows, nh, hd], then k [rows, nkv, hd],
+// then v.
 template <typename T>
-__device__ void qkv_rope(const T* qkv, const T* table, const T* norms, T* out, int nh, int nkv, int hd,
-                         int normed, float eps) {
+__device__ void qkv_rope(const T* qkv, const T* table, const T* extras, T* out, int nh, int nkv, int hd,
+                         int biased, int normed, float eps) {
   const int head = blockIdx.x, row = blockIdx.y, rows = gridDim.y, half = hd / 2, i = threadIdx.x;
   const bool active = i < half;
   const T* src = qkv + ((index_t)row * (nh + 2 * nkv) + head) * hd;
+  const T* bias = extras + (index_t)head * hd;
+  const T* norms = extras + (biased ? (index_t)(nh + 2 * nkv) * hd : 0);
   T* dst;
   if (head < nh) {
     dst = out + ((index_t)row * nh + head) * hd;
@@ -80,8 +84,12 @@ __device__ void qkv_rope(const T* qkv, const T* table, const T* norms, T* out, i
     dst = out + (index_t)rows * (nh + nkv) * hd + ((index_t)row * nkv + head - nh - nkv) * hd;
   }
   float a = active ? load(src[i]) : 0.f, b = active ? load(src[i + half]) : 0.f;
+  if (biased && active) {  // the sum the projection with its bias would have stored
+    a = round_to<T>(a + load(bias[i]));
+    b = round_to<T>(b + load(bias[i + half]));
+  }
   if (head >= nh + nkv) {  // v: copied
-    if (active) { dst[i] = src[i]; dst[i + half] = src[i + half]; }
+    if (active) { dst[i] = store<T>(a); dst[i + half] = store<T>(b); }
     return;
   }
   if (normed) {  // the whole block takes this branch (it depends on the head only)
@@ -145,9 +153,10 @@ __device__ void add_rms_norm(const T* x, const T* y, const T* w, T* out, int row
 }
 
 #define KVBENCH_FUSED(T, SUFFIX)                                                                         \
-  extern "C" __global__ void qkv_rope_##SUFFIX(const T* qkv, const T* table, const T* norms, T* out, int nh, \
-                                               int nkv, int hd, int normed, float eps) {                 \
-    qkv_rope<T>(qkv, table, norms, out, nh, nkv, hd, normed, eps);                                      \
+  extern "C" __global__ void qkv_rope_##SUFFIX(const T* qkv, const T* table, const T* extras, T* out,    \
+                                               int nh, int nkv, int hd, int biased, int normed,          \
+                                               float eps) {                                              \
+    qkv_rope<T>(qkv, table, extras, out, nh, nkv, hd, biased, normed, eps);                             \
   }                                                                                                      \
   extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const unsigned int* lengths, T* out, \
                                                      int per_row, int padded) {                          \

@@ -1,9 +1,9 @@
 //! Fused kernels of the batched decode step: each does in one kernel what a run of candle ops does
 //! (the reference, kept beside it), so that a step issues fewer launches on a GPU.
 //!
-//! - `qkv_rope`: splits the stacked projection into q, k and v heads, applies Qwen3's per-head
-//!   RMSNorm where the model has one, and rotates q and k (non-interleaved RoPE). Replaces three
-//!   copies, two RoPEs and, for Qwen3, two norms.
+//! - `qkv_rope`: adds the stacked projection's bias where the model has one (Qwen2), splits it into
+//!   q, k and v heads, applies Qwen3's per-head RMSNorm where the model has one, and rotates q and
+//!   k (non-interleaved RoPE). Replaces the bias add, three copies, two RoPEs and two norms.
 //! - `masked_softmax`: softmax over each row's first `attended` scores, exact zeros past them.
 //!   Replaces the step's additive length mask (three ops) and, per layer, its add and the softmax.
 //! - `silu_mul`: `silu(gate) · up` from the stacked `[gate | up]`. Replaces a SiLU and a product.
@@ -20,6 +20,7 @@ use candle_nn::RmsNorm;
 use rayon::prelude::*;
 
 use super::ledger::op;
+use super::linear::Proj;
 
 /// Which code a batched decode step runs: candle's ops, or the fused kernels of this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
@@ -104,21 +105,27 @@ impl Step {
     }
 
     /// q `[rows, num_heads, head_dim]`, k and v `[rows·num_kv_heads, head_dim]` from the stacked
-    /// projection `[rows, (num_heads + 2·num_kv_heads)·head_dim]`, q and k normed (when `qk_norm`)
-    /// and rotated.
+    /// projection `proj` `[rows, (num_heads + 2·num_kv_heads)·head_dim]` of `h` (with its bias),
+    /// q and k normed (when the layer has `qk_norm`) and rotated; `extras` holds the bias and the
+    /// norms' weights as the fused kernel takes them.
     pub(crate) fn qkv_rope(
         &self,
-        qkv: &Tensor,
+        h: &Tensor,
+        proj: &Proj,
         qk_norm: Option<&QkNorm>,
+        extras: Option<&QkvExtras>,
         heads: QkvHeads,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    ) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
         let QkvHeads { q: nh, kv: nkv, dim: hd, .. } = heads;
-        let rows = qkv.dim(0)?;
+        let rows = h.dim(0)?;
         if let StepRope::Table(table) = &self.rope {
-            let fused = QkvRope { heads };
-            let out = match qk_norm {
-                Some(norm) => qkv.apply_op3_no_bwd(table, &norm.stacked, &fused)?,
-                None => qkv.apply_op2_no_bwd(table, &fused)?,
+            let fused = QkvRope { heads, biased: extras.is_some_and(|e| e.biased), normed: qk_norm.is_some() };
+            let out = match extras {
+                Some(extras) => {
+                    let qkv = if fused.biased { proj.forward_unbiased(h)? } else { proj.forward(h)? };
+                    qkv.apply_op3_no_bwd(table, &extras.params, &fused)?
+                }
+                None => proj.forward(h)?.apply_op2_no_bwd(table, &fused)?,
             };
             op("qkv_rope", &out);
             let (nq, nk) = (rows * nh * hd, rows * nkv * hd);
@@ -129,6 +136,7 @@ impl Step {
             ));
         }
         let StepRope::Pair(cos, sin) = &self.rope else { unreachable!("a step's RoPE is a table or a pair") };
+        let qkv = proj.forward(h)?;
         let mut q = qkv.narrow(D::Minus1, 0, nh * hd)?.reshape((rows, nh, hd))?;
         op("copy", &q);
         let mut k = qkv.narrow(D::Minus1, nh * hd, nkv * hd)?.reshape((rows, nkv, hd))?;
@@ -168,18 +176,31 @@ impl Step {
     }
 }
 
-/// Qwen3's per-head RMSNorms of q and k, and their weights stacked `[2, head_dim]` for the fused
-/// kernel.
+/// Qwen3's per-head RMSNorms of q and k.
 pub(crate) struct QkNorm {
     pub(crate) q: RmsNorm,
     pub(crate) k: RmsNorm,
-    stacked: Tensor,
 }
 
-impl QkNorm {
-    pub(crate) fn new(q: RmsNorm, k: RmsNorm) -> candle_core::Result<Self> {
-        let stacked = Tensor::stack(&[q.weight(), k.weight()], 0)?;
-        Ok(QkNorm { q, k, stacked })
+/// What the fused `qkv_rope` adds and norms with, side by side in one tensor: the stacked
+/// projection's bias `[(num_heads + 2·num_kv_heads)·head_dim]` where it has one, then the q and
+/// k norms' weights `[2·head_dim]` where the layer has them.
+pub(crate) struct QkvExtras {
+    params: Tensor,
+    biased: bool,
+}
+
+impl QkvExtras {
+    /// `None` when the layer has neither.
+    pub(crate) fn new(bias: Option<&Tensor>, qk_norm: Option<&QkNorm>) -> candle_core::Result<Option<Self>> {
+        let mut parts: Vec<&Tensor> = bias.into_iter().collect();
+        if let Some(norm) = qk_norm {
+            parts.extend([norm.q.weight(), norm.k.weight()]);
+        }
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(QkvExtras { params: Tensor::cat(&parts, 0)?, biased: bias.is_some() }))
     }
 }
 
@@ -229,6 +250,10 @@ pub(crate) fn add_rms_norm(
 
 struct QkvRope {
     heads: QkvHeads,
+    /// The extras start with the projection's bias.
+    biased: bool,
+    /// The extras end with the q and k norms' weights.
+    normed: bool,
 }
 
 struct MaskedSoftmax;
@@ -263,17 +288,26 @@ fn silu(v: f32) -> f32 {
 }
 
 impl QkvRope {
-    /// One row's heads: q, k (normed by `norms` `[q | k]` when given, then rotated) and v, each
-    /// written to its region of `out` (`[q heads] [k heads] [v heads]` over all rows).
-    fn cpu(&self, qkv: &[f32], table: &[f32], norms: Option<&[f32]>, rows: usize) -> Vec<f32> {
+    /// Each row's heads: q, k (plus the bias, normed when the extras hold norms, then rotated)
+    /// and v (plus the bias), each written to its region of `out` (`[q heads] [k heads] [v heads]`
+    /// over all rows).
+    fn cpu(&self, qkv: &[f32], table: &[f32], extras: &[f32], rows: usize) -> Vec<f32> {
         let QkvHeads { q: nh, kv: nkv, dim: hd, eps } = self.heads;
-        let half = hd / 2;
+        let (half, width) = (hd / 2, (nh + 2 * nkv) * hd);
+        let (bias, norms) = extras.split_at(if self.biased { width } else { 0 });
+        let norms = self.normed.then_some(norms);
         let mut out = vec![0f32; qkv.len()];
         let (q_out, kv_out) = out.split_at_mut(rows * nh * hd);
         let (k_out, v_out) = kv_out.split_at_mut(rows * nkv * hd);
-        let mut normed = vec![0f32; hd];
+        let (mut biased, mut normed) = (vec![0f32; width], vec![0f32; hd]);
         for r in 0..rows {
-            let x = &qkv[r * (nh + 2 * nkv) * hd..][..(nh + 2 * nkv) * hd];
+            let mut x = &qkv[r * width..][..width];
+            if self.biased {
+                for ((d, &a), &b) in biased.iter_mut().zip(x).zip(bias) {
+                    *d = a + b;
+                }
+                x = &biased;
+            }
             let (cos, sin) = table[r * hd..(r + 1) * hd].split_at(half);
             for h in 0..nh + nkv {
                 let src = &x[h * hd..(h + 1) * hd];
@@ -296,15 +330,24 @@ impl QkvRope {
         out
     }
 
-    fn check(&self, l_qkv: &Layout, l_table: &Layout) -> candle_core::Result<usize> {
+    /// The rows, once the operands' shapes are checked against the heads (and the extras, when
+    /// given, against what they hold).
+    fn check(&self, l_qkv: &Layout, l_table: &Layout, l_extras: Option<&Layout>) -> candle_core::Result<usize> {
         let QkvHeads { q: nh, kv: nkv, dim: hd, .. } = self.heads;
         let (rows, width) = l_qkv.shape().dims2()?;
-        if width != (nh + 2 * nkv) * hd || l_table.shape().dims2()? != (rows, hd) {
+        let extras = self.biased as usize * width + self.normed as usize * 2 * hd;
+        if width != (nh + 2 * nkv) * hd
+            || l_table.shape().dims2()? != (rows, hd)
+            || l_extras.map_or(extras != 0, |l| l.shape().elem_count() != extras)
+        {
             candle_core::bail!(
-                "qkv_rope: qkv {:?} and table {:?} do not fit {:?}",
+                "qkv_rope: qkv {:?}, table {:?} and extras {:?} do not fit {:?} (bias {}, norms {})",
                 l_qkv.shape(),
                 l_table.shape(),
-                self.heads
+                l_extras.map(|l| l.shape()),
+                self.heads,
+                self.biased,
+                self.normed
             );
         }
         Ok(rows)
@@ -323,8 +366,8 @@ impl CustomOp2 for QkvRope {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let rows = self.check(l1, l2)?;
-        let out = self.cpu(f32s("qkv_rope", s1, l1)?, f32s("qkv_rope", s2, l2)?, None, rows);
+        let rows = self.check(l1, l2, None)?;
+        let out = self.cpu(f32s("qkv_rope", s1, l1)?, f32s("qkv_rope", s2, l2)?, &[], rows);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -337,14 +380,14 @@ impl CustomOp2 for QkvRope {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let rows = self.check(l1, l2)?;
-        cuda::qkv_rope(self.heads, rows, (s1, l1), (s2, l2), None)
+        let rows = self.check(l1, l2, None)?;
+        cuda::qkv_rope(self, rows, (s1, l1), (s2, l2), None)
     }
 }
 
 impl CustomOp3 for QkvRope {
     fn name(&self) -> &'static str {
-        "qkv-rope-normed"
+        "qkv-rope-extras"
     }
 
     fn cpu_fwd(
@@ -356,9 +399,9 @@ impl CustomOp3 for QkvRope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let rows = self.check(l1, l2)?;
-        let norms = f32s("qkv_rope", s3, l3)?;
-        let out = self.cpu(f32s("qkv_rope", s1, l1)?, f32s("qkv_rope", s2, l2)?, Some(norms), rows);
+        let rows = self.check(l1, l2, Some(l3))?;
+        let extras = f32s("qkv_rope", s3, l3)?;
+        let out = self.cpu(f32s("qkv_rope", s1, l1)?, f32s("qkv_rope", s2, l2)?, extras, rows);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -373,8 +416,8 @@ impl CustomOp3 for QkvRope {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let rows = self.check(l1, l2)?;
-        cuda::qkv_rope(self.heads, rows, (s1, l1), (s2, l2), Some((s3, l3)))
+        let rows = self.check(l1, l2, Some(l3))?;
+        cuda::qkv_rope(self, rows, (s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
@@ -556,20 +599,32 @@ mod tests {
         [Kernels::Fused, Kernels::Reference].map(|k| Step::new(k, cos.clone(), sin.clone(), attended, padded).unwrap())
     }
 
+    /// With and without a bias and q/k norms, on candle's matmul and (a weight big enough, a few
+    /// rows) on the threaded Linear path, which adds the bias inside its product.
     #[test]
     fn qkv_rope_gives_the_reference_bits() {
-        for (rows, nh, nkv, hd) in [(1, 4, 2, 16), (3, 12, 2, 128), (33, 3, 1, 8), (5, 9, 3, 64)] {
+        for (rows, nh, nkv, hd, d) in [(1, 4, 2, 16, 24), (3, 12, 2, 128, 64), (33, 3, 1, 8, 16), (5, 9, 3, 64, 80)] {
             let [fused, reference] = steps(rows, hd, &vec![1; rows], 32, rows as u64);
+            assert!(matches!(fused.rope, StepRope::Table(_)) && matches!(reference.rope, StepRope::Pair(..)));
             let heads = QkvHeads { q: nh, kv: nkv, dim: hd, eps: 1e-6 };
-            let qkv = tensor(&[rows, (nh + 2 * nkv) * hd], 7 + hd as u64, 3.0);
-            let qk_norm = QkNorm::new(norm(hd, 1), norm(hd, 2)).unwrap();
-            for normed in [None, Some(&qk_norm)] {
-                assert!(matches!(fused.rope, StepRope::Table(_)) && matches!(reference.rope, StepRope::Pair(..)));
-                let f = fused.qkv_rope(&qkv, normed, heads).unwrap();
-                let r = reference.qkv_rope(&qkv, normed, heads).unwrap();
-                let what = format!("rows {rows}, heads {nh}/{nkv}, dim {hd}, normed {}", normed.is_some());
-                for (name, a, b) in [("q", &f.0, &r.0), ("k", &f.1, &r.1), ("v", &f.2, &r.2)] {
-                    assert_same_bits(a, b, &format!("{what}: {name}"));
+            let width = (nh + 2 * nkv) * hd;
+            let h = tensor(&[rows, d], 7 + hd as u64, 3.0);
+            let (w, b) = (tensor(&[width, d], 11, 0.5), tensor(&[width], 13, 2.0));
+            let qk_norm = QkNorm { q: norm(hd, 1), k: norm(hd, 2) };
+            for bias in [None, Some(b)] {
+                let proj = Proj::new(w.clone(), bias.clone());
+                for normed in [None, Some(&qk_norm)] {
+                    let extras = QkvExtras::new(bias.as_ref(), normed).unwrap();
+                    let f = fused.qkv_rope(&h, &proj, normed, extras.as_ref(), heads).unwrap();
+                    let r = reference.qkv_rope(&h, &proj, normed, extras.as_ref(), heads).unwrap();
+                    let what = format!(
+                        "rows {rows}, heads {nh}/{nkv}, dim {hd}, bias {}, normed {}",
+                        bias.is_some(),
+                        normed.is_some()
+                    );
+                    for (name, a, b) in [("q", &f.0, &r.0), ("k", &f.1, &r.1), ("v", &f.2, &r.2)] {
+                        assert_same_bits(a, b, &format!("{what}: {name}"));
+                    }
                 }
             }
         }

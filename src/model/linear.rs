@@ -28,6 +28,8 @@ const MAX_ROWS: usize = 8;
 const MIN_WEIGHT_ELEMS: usize = 1 << 16;
 /// f32 lanes of the portable dot product's independent accumulators (vectorised by the compiler).
 const LANES: usize = 16;
+/// How far ahead of its reads (in f32 elements) the AVX2 dot product prefetches the weight.
+const PREFETCH: usize = 1024;
 
 /// A projection's weight `[out, in]` as loaded: dense, or GGML-quantized.
 #[derive(Clone)]
@@ -134,16 +136,39 @@ impl Proj {
         }
     }
 
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        match &self.kind {
+            Kind::Dense { inner, .. } => inner.bias(),
+            Kind::Quantized { bias, .. } => bias.as_ref(),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.product(x, true)
+    }
+
+    /// `x Wᵀ` without the bias, for a kernel that adds [`Proj::bias`] itself: in f32 the same
+    /// one rounding of the same sum as [`Proj::forward`].
+    pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
+        self.product(x, false)
+    }
+
+    fn product(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
         let (inner, threaded) = match &self.kind {
             Kind::Dense { inner, threaded } => (inner, *threaded),
-            Kind::Quantized { parts, bias } => return quantized_forward(parts, bias.as_ref(), x),
+            Kind::Quantized { parts, bias } => return quantized_forward(parts, bias.as_ref().filter(|_| with_bias), x),
         };
         let k = x.dim(D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
         if threaded && rows <= MAX_ROWS && x.dtype() == DType::F32 && rayon::current_num_threads() > 1 {
-            let y = forward_threaded(inner, x, rows, k)?;
+            let y = forward_threaded(inner, x, rows, k, with_bias)?;
             super::ledger::op("linear", &y);
+            return Ok(y);
+        }
+        if !with_bias && inner.bias().is_some() {
+            let y = Linear::new(inner.weight().clone(), None).forward(x)?;
+            super::ledger::op("matmul", &y);
             return Ok(y);
         }
         let y = inner.forward(x)?;
@@ -203,7 +228,7 @@ fn stack_rows(parts: &[&QTensor], device: &Device) -> Result<QTensor> {
     Ok(qtensor_from_ggml(dtype, &bytes, vec![rows, k], device)?)
 }
 
-fn forward_threaded(inner: &Linear, x: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
+fn forward_threaded(inner: &Linear, x: &Tensor, rows: usize, k: usize, with_bias: bool) -> Result<Tensor> {
     let w = inner.weight();
     let (n, wk) = w.dims2()?;
     anyhow::ensure!(wk == k, "linear layer: input has {k} features, the weight expects {wk}");
@@ -212,7 +237,7 @@ fn forward_threaded(inner: &Linear, x: &Tensor, rows: usize, k: usize) -> Result
     let (w_storage, w_layout) = w.storage_and_layout();
     let xs = cpu_f32(&x_storage, x_layout)?;
     let ws = cpu_f32(&w_storage, w_layout)?;
-    let bias = inner.bias().map(|b| b.storage_and_layout());
+    let bias = inner.bias().filter(|_| with_bias).map(|b| b.storage_and_layout());
     let bs = match &bias {
         Some((s, l)) => Some(cpu_f32(s, l)?),
         None => None,
@@ -359,6 +384,10 @@ unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
+        // The weight rows of a task are contiguous: asking for them ahead keeps more reads in
+        // flight than the hardware prefetcher does (a prefetch never faults, even past the end).
+        _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(i + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(i + PREFETCH + 16) as *const i8);
         for (j, acc) in acc.iter_mut().enumerate() {
             let o = i + 8 * j;
             *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc);

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::{Arch, ModelConfig};
-use super::fused::{Kernels, QkNorm};
+use super::fused::{Kernels, QkNorm, QkvExtras};
 use super::ledger::op;
 use super::linear::{Proj, Weight};
 use crate::cache::observe::{AttentionView, Observer};
@@ -42,6 +42,8 @@ struct Attention {
     o_proj: Proj,
     /// Qwen3's per-head norms of q and k.
     qk_norm: Option<QkNorm>,
+    /// qkv_proj's bias and the q/k norms' weights, as the fused `qkv_rope` takes them.
+    qkv_extras: Option<QkvExtras>,
 }
 
 struct Mlp {
@@ -151,16 +153,18 @@ impl Transformer {
                 let w_a = w_m.pp("layers").pp(i).pp("self_attn");
                 let qk_norm = if cfg.qk_norm {
                     let q = rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("q_norm"))?;
-                    Some(QkNorm::new(q, rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("k_norm"))?)?)
+                    Some(QkNorm { q, k: rms_norm(hd, cfg.rms_norm_eps, w_a.vb.pp("k_norm"))? })
                 } else {
                     None
                 };
+                let qkv_proj = w_a.stacked(vec![
+                    w_a.pp("q_proj").linear_parts(d, cfg.num_heads * hd, cfg.qkv_bias)?,
+                    w_a.pp("k_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
+                    w_a.pp("v_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
+                ])?;
                 let self_attn = Attention {
-                    qkv_proj: w_a.stacked(vec![
-                        w_a.pp("q_proj").linear_parts(d, cfg.num_heads * hd, cfg.qkv_bias)?,
-                        w_a.pp("k_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
-                        w_a.pp("v_proj").linear_parts(d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
-                    ])?,
+                    qkv_extras: QkvExtras::new(qkv_proj.bias(), qk_norm.as_ref())?,
+                    qkv_proj,
                     o_proj: w_a.pp("o_proj").linear(cfg.num_heads * hd, d, false)?,
                     qk_norm,
                 };

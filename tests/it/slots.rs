@@ -226,8 +226,8 @@ const REFERENCE_STEP: [&str; 3] = [
 ];
 const FUSED_STEP: [&str; 3] = [
     "cat embedding rms_norm",
-    "matmul bias qkv_rope scatter scatter scores masked_softmax mix matmul add_rms_norm matmul silu_mul \
-     matmul add_rms_norm",
+    "matmul qkv_rope scatter scatter scores masked_softmax mix matmul add_rms_norm matmul silu_mul matmul \
+     add_rms_norm",
     "matmul select",
 ];
 

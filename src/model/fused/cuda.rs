@@ -8,7 +8,7 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, WithDType};
 use half::{bf16, f16};
 
-use super::QkvHeads;
+use super::{QkvHeads, QkvRope};
 
 const SOURCE: &str = include_str!("../fused.cu");
 
@@ -59,26 +59,26 @@ fn threads(n: usize) -> u32 {
 }
 
 pub(super) fn qkv_rope(
-    heads: QkvHeads,
+    op: &QkvRope,
     rows: usize,
     qkv: Operand<'_>,
     table: Operand<'_>,
-    norms: Option<Operand<'_>>,
+    extras: Option<Operand<'_>>,
 ) -> Result<(CudaStorage, Shape)> {
     fn run<T: CudaDType + WithDType + DeviceRepr>(
-        heads: QkvHeads,
+        op: &QkvRope,
         rows: usize,
         qkv: Operand<'_>,
         table: Operand<'_>,
-        norms: Option<Operand<'_>>,
+        extras: Option<Operand<'_>>,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = &qkv.0.device;
-        let QkvHeads { q: nh, kv: nkv, dim: hd, eps } = heads;
+        let QkvHeads { q: nh, kv: nkv, dim: hd, eps } = op.heads;
         let n = rows * (nh + 2 * nkv) * hd;
         let (x, t) = (view::<T>(qkv, "qkv")?, view::<T>(table, "the RoPE table")?);
-        // Without norms the kernel reads none: the table stands in for the pointer.
-        let w = match norms {
-            Some(n) => view::<T>(n, "the q/k norms")?,
+        // Without extras the kernel reads none: the table stands in for the pointer.
+        let e = match extras {
+            Some(e) => view::<T>(e, "the bias and q/k norms")?,
             None => view::<T>(table, "the RoPE table")?,
         };
         // SAFETY: the kernel writes every element.
@@ -89,15 +89,16 @@ pub(super) fn qkv_rope(
             block_dim: (threads(hd / 2), 1, 1),
             shared_mem_bytes: 0,
         };
-        let (nh, nkv, hd, normed) = (nh as i32, nkv as i32, hd as i32, norms.is_some() as i32);
+        let (nh, nkv, hd) = (nh as i32, nkv as i32, hd as i32);
+        let (biased, normed) = (op.biased as i32, op.normed as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&t).arg(&w).arg(&out).arg(&nh).arg(&nkv).arg(&hd).arg(&normed).arg(&eps);
+        b.arg(&x).arg(&t).arg(&e).arg(&out).arg(&nh).arg(&nkv).arg(&hd).arg(&biased).arg(&normed).arg(&eps);
         // SAFETY: the arguments match the kernel's signature; the grid covers every head of every row.
         unsafe { b.launch(cfg) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(n)))
     }
-    by_dtype!(qkv.0.dtype(), run(heads, rows, qkv, table, norms))
+    by_dtype!(qkv.0.dtype(), run(op, rows, qkv, table, extras))
 }
 
 pub(super) fn masked_softmax(scores: Operand<'_>, lengths: Operand<'_>) -> Result<(CudaStorage, Shape)> {

@@ -65,8 +65,7 @@ impl Transformer {
         op("rms_norm", &h);
         for (li, block) in self.layers.iter().enumerate() {
             let a = &block.self_attn;
-            let qkv = a.qkv_proj.forward(&h)?;
-            let (q, k, v) = step.qkv_rope(&qkv, a.qk_norm.as_ref(), qkv_heads)?;
+            let (q, k, v) = step.qkv_rope(&h, &a.qkv_proj, a.qk_norm.as_ref(), a.qkv_extras.as_ref(), qkv_heads)?;
             let q = q.reshape((rows, nkv, groups, hd))?;
             let (pk, pv) = (&pool.k[li], &pool.v[li]);
             pk.reshape((rows * nkv * width, hd))?.scatter_set(&index, &k, 0)?;
